@@ -1,0 +1,163 @@
+"""The `edgelearn` command: a thin layer over the Python API (every command calls one documented function)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ._version import __version__
+from .errors import EdgelearnError
+
+
+def _trace_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--cutoffs", metavar="CSV", help="cut-off file giving each run's usable voltage range "
+                       "(WGFMU .dat only; default: the file's analysis block)")
+    group.add_argument("--no-cutoffs", action="store_true", help="keep every pulse of a WGFMU .dat file")
+
+
+def _load_trace(args):
+    from .traces import load_trace
+
+    return load_trace(args.trace, cutoffs=args.cutoffs, use_cutoffs=not args.no_cutoffs)
+
+
+def _print_table(rows: dict) -> None:
+    width = max(len(k) for k in rows)
+    for key, value in rows.items():
+        if isinstance(value, float):
+            value = f"{value:.6g}"
+        print(f"{key:<{width}}  {value}")
+
+
+def cmd_device_fit(args) -> int:
+    from .devices import fit_device
+
+    trace = _load_trace(args)
+    card = fit_device(trace, nodes=args.nodes, smoothing=args.smoothing)
+    card.save(args.output)
+    if args.json:
+        print(json.dumps(card.summary(), indent=2))
+    else:
+        _print_table(card.summary())
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_device_validate(args) -> int:
+    from .devices import load_card, validate_card
+
+    card = load_card(args.card)
+    trace = _load_trace(args)
+    report = validate_card(card, trace)
+    if args.plot:
+        from .report import plot_replay
+
+        plot_replay(card, trace, args.plot)
+    if args.json:
+        print(report.to_json())
+    else:
+        _print_table({k: v for k, v in vars(report).items()})
+        if args.plot:
+            print(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_device_show(args) -> int:
+    from .devices import load_card
+
+    card = load_card(args.card)
+    if args.json:
+        print(json.dumps(card.summary(), indent=2))
+    else:
+        _print_table(card.summary())
+    return 0
+
+
+def cmd_device_list(args) -> int:
+    from .devices import bundled_cards, load_card
+
+    rows = [load_card(path).summary() for _, path in sorted(bundled_cards().items())]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'card':44s} {'epsilon':>8s} {'sym.pt':>7s} {'states':>7s} {'on/off':>7s} {'nrmse':>7s}")
+    for r in rows:
+        print(f"{r['card_id']:44s} {r['granularity']:8.4f} {r['symmetry_point']:+7.3f} {r['n_states']:7.1f} "
+              f"{r['on_off_ratio']:7.2f} {r['nrmse']:7.4f}")
+    return 0
+
+
+def cmd_trace_import(args) -> int:
+    trace = _load_trace(args)
+    trace.to_csv(args.output)
+    print(f"wrote {args.output}: {len(trace)} pulses of {trace.meta.device_id} at {trace.meta.pulse_width_s:g} s "
+          f"(selection {trace.meta.selection}, {trace.dropped} dropped)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgelearn", description="Emulate on-device learning on ferroelectric "
+                                     "synaptic crossbars.")
+    parser.add_argument("--version", action="version", version=f"edgelearn {__version__}")
+    top = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    device = top.add_parser("device", help="fit, validate and inspect device cards")
+    dev = device.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+
+    fit = dev.add_parser("fit", help="fit a device card to a measured trace")
+    fit.add_argument("trace", help="trace file: edgelearn CSV or WGFMU .dat")
+    _trace_options(fit)
+    fit.add_argument("--nodes", type=int, default=32, help="nodes per step table (default 32)")
+    fit.add_argument("--smoothing", type=float, default=None, help="weight of the smoothness penalty (default 0.01)")
+    fit.add_argument("-o", "--output", required=True, help="card JSON to write")
+    fit.add_argument("--json", action="store_true", help="print the card summary as JSON")
+    fit.set_defaults(func=cmd_device_fit)
+
+    val = dev.add_parser("validate", help="replay a trace on a card and report the trajectory error")
+    val.add_argument("card", help="card JSON file or bundled card name")
+    val.add_argument("trace", help="trace file: edgelearn CSV or WGFMU .dat")
+    _trace_options(val)
+    val.add_argument("--json", action="store_true", help="print the report as JSON")
+    val.add_argument("--plot", metavar="FILE.png", help="draw measured vs replayed trajectory (needs matplotlib)")
+    val.set_defaults(func=cmd_device_validate)
+
+    show = dev.add_parser("show", help="print a card's figures")
+    show.add_argument("card", help="card JSON file or bundled card name (e.g. ID170ZR5000-20ns)")
+    show.add_argument("--json", action="store_true", help="print as JSON")
+    show.set_defaults(func=cmd_device_show)
+
+    lst = dev.add_parser("list", help="list the bundled cards")
+    lst.add_argument("--json", action="store_true", help="print as JSON")
+    lst.set_defaults(func=cmd_device_list)
+
+    trace = top.add_parser("trace", help="convert measured traces")
+    tr = trace.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    imp = tr.add_parser("import", help="convert a WGFMU .dat file into an edgelearn trace CSV")
+    imp.add_argument("trace", help="WGFMU .dat file")
+    _trace_options(imp)
+    imp.add_argument("-o", "--output", required=True, help="trace CSV to write")
+    imp.set_defaults(func=cmd_trace_import)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "smoothing", 0) is None:
+        from .devices import DEFAULT_SMOOTHING
+
+        args.smoothing = DEFAULT_SMOOTHING
+    try:
+        return args.func(args)
+    except EdgelearnError as exc:
+        print(f"edgelearn: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

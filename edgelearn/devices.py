@@ -1,0 +1,541 @@
+"""Device models fitted to measured traces: device cards, the fit, replay validation and derived figures.
+
+A card holds an aihwkit-style PiecewiseStep model of one device at one pulse width, its device-to-device variation,
+the figures users compare devices by (granularity, symmetry point, states, on/off) and where it came from.
+The arrays a card's model turns into (`PiecewiseStepModel.kernel_args`) are what firmware_model's crossbar kernels consume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from firmware_model import crossbar
+
+from ._version import __version__
+from .errors import EdgelearnError, InputError
+from .traces import Trace, TraceMeta
+
+CARD_FORMAT = "edgelearn-card/1"
+DEFAULT_NODES = 32
+DEFAULT_SMOOTHING = 1e-2
+SETTLE_TOLERANCE = 1e-7  # in units of w: the alternating-pulse search stops when the pair mean moves less
+MAX_SETTLE_PAIRS = 200_000
+MAX_SWEEP_PULSES = 100_000
+
+
+class PiecewiseStepModel(BaseModel):
+    """State-dependent step model (aihwkit PiecewiseStepDevice semantics), weights normalised to about [-1, 1].
+
+    Absolute step at state w: up = scale_up * interp(piecewise_up, w), down = scale_down * interp(piecewise_down, w)
+    with nodes equally spaced over [w_min, w_max]. Both tables are 1 at w = 0. `dw_min` is the smaller of the two
+    steps at w = 0; `up_down` is aihwkit's asymmetry (> 0: down steps smaller, < 0: up steps smaller), so aihwkit's own
+    `dw_min` parameter, the larger step, is dw_min / (1 - |up_down|).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    w_min: float = Field(description="lower weight bound (normalised units)")
+    w_max: float = Field(description="upper weight bound (normalised units)")
+    dw_min: float = Field(gt=0.0, description="smaller of the up and down steps at w = 0 (normalised units)")
+    up_down: float = Field(gt=-1.0, lt=1.0, description="aihwkit up/down asymmetry: >0 down steps smaller")
+    piecewise_up: list[float] = Field(min_length=2, description="relative up-step table, nodes over [w_min, w_max]")
+    piecewise_down: list[float] = Field(min_length=2, description="relative down-step table, same nodes")
+    dw_min_std: float = Field(0.0, ge=0.0, description="cycle-to-cycle relative std of each step")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if not self.w_min < 0.0 < self.w_max:
+            raise ValueError(f"need w_min < 0 < w_max, got {self.w_min}, {self.w_max}")
+        if len(self.piecewise_up) != len(self.piecewise_down):
+            raise ValueError("piecewise_up and piecewise_down need the same number of nodes")
+        if min(self.piecewise_up) < 0.0 or min(self.piecewise_down) < 0.0:
+            raise ValueError("step tables must not be negative")
+        return self
+
+    @property
+    def dw_min_aihwkit(self) -> float:
+        return self.dw_min / (1.0 - abs(self.up_down))
+
+    @property
+    def scale_up(self) -> float:
+        return (1.0 + min(self.up_down, 0.0)) * self.dw_min_aihwkit
+
+    @property
+    def scale_down(self) -> float:
+        return (1.0 - max(self.up_down, 0.0)) * self.dw_min_aihwkit
+
+    @property
+    def nodes(self) -> np.ndarray:
+        return np.linspace(self.w_min, self.w_max, len(self.piecewise_up))
+
+    def step_up(self, w) -> np.ndarray:
+        """Absolute up step at state(s) w (no noise)."""
+        return self.scale_up * np.interp(w, self.nodes, self.piecewise_up)
+
+    def step_down(self, w) -> np.ndarray:
+        """Absolute down step at state(s) w (no noise)."""
+        return self.scale_down * np.interp(w, self.nodes, self.piecewise_down)
+
+    @classmethod
+    def from_absolute(cls, w_min, w_max, up_steps, down_steps, dw_min_std=0.0) -> PiecewiseStepModel:
+        """Build the model from absolute step tables (normalised-w units per pulse) on equally spaced nodes."""
+        up_steps, down_steps = np.asarray(up_steps, float), np.asarray(down_steps, float)
+        nodes = np.linspace(w_min, w_max, len(up_steps))
+        up0, down0 = float(np.interp(0.0, nodes, up_steps)), float(np.interp(0.0, nodes, down_steps))
+        if up0 <= 0.0 or down0 <= 0.0:
+            raise EdgelearnError("step tables must be positive at w = 0")
+        up_down = 1.0 - down0 / up0 if down0 < up0 else -(1.0 - up0 / down0)
+        return cls(w_min=float(w_min), w_max=float(w_max), dw_min=min(up0, down0), up_down=up_down,
+                   piecewise_up=(up_steps / up0).tolist(), piecewise_down=(down_steps / down0).tolist(),
+                   dw_min_std=float(dw_min_std))
+
+    def kernel_args(self) -> tuple:
+        """(table_up, table_down, scale_up, scale_down, w_min, w_max): the arguments firmware_model.crossbar takes."""
+        return (np.asarray(self.piecewise_up, np.float64), np.asarray(self.piecewise_down, np.float64),
+                self.scale_up, self.scale_down, self.w_min, self.w_max)
+
+    def to_aihwkit(self) -> dict:
+        """Keyword arguments for aihwkit's PiecewiseStepDevice with the same noise-free behaviour."""
+        return dict(w_min=self.w_min, w_max=self.w_max, dw_min=self.dw_min_aihwkit, up_down=self.up_down,
+                    piecewise_up=list(self.piecewise_up), piecewise_down=list(self.piecewise_down),
+                    dw_min_std=self.dw_min_std, dw_min_dtod=0.0, up_down_dtod=0.0, w_min_dtod=0.0, w_max_dtod=0.0)
+
+
+class DeviceVariation(BaseModel):
+    """Device-to-device variation, drawn once per device in a crossbar (aihwkit conventions, relative sigmas).
+
+    Defaults: the related device papers report cycle-to-cycle and device-to-device variation below 10 % (earlier
+    generation), so 0.1 for step size and bounds; up/down asymmetry 0.01 as in the thesis' final runs. A single trace
+    per device cannot measure these; override them when you have arrays of devices.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    dw_min_dtod: float = Field(0.1, ge=0.0, description="relative sigma of the step scale across devices")
+    up_down_dtod: float = Field(0.01, ge=0.0, description="sigma of the up/down asymmetry across devices")
+    w_min_dtod: float = Field(0.1, ge=0.0, description="relative sigma of the lower bound across devices")
+    w_max_dtod: float = Field(0.1, ge=0.0, description="relative sigma of the upper bound across devices")
+    source: str = Field("default: <10 % d2d (device papers), up_down_dtod 0.01 (thesis final runs)",
+                        description="where these numbers come from")
+
+
+class DeviceFigures(BaseModel):
+    """Figures derived from the fitted model (normalised-w units unless the name has a unit)."""
+
+    model_config = ConfigDict(extra="forbid")
+    granularity: float = Field(description="epsilon: mean of the up and down step at w = 0")
+    symmetry_point: float = Field(description="where up and down steps are equal, from the tables (stable root)")
+    symmetry_point_simulated: float = Field(description="where alternating up/down pulses from w = 0 settle")
+    symmetry_pairs: int = Field(description="up/down pairs the simulated search needed")
+    symmetry_point_measured: bool = Field(description="whether the symmetry point lies where both directions were "
+                                                      "measured (else it rests on extrapolated steps)")
+    measured_range_up: tuple[float, float] = Field(description="states the up pulses started from")
+    measured_range_down: tuple[float, float] = Field(description="states the down pulses started from")
+    n_states: float = Field(description="pulses for a full sweep between the bounds, mean of up and down")
+    on_off_ratio: float = Field(description="G_max / G_min over the fitted pulses")
+    nrmse: float = Field(description="replay RMSE / measured w range, all fitted pulses")
+    nrmse_up: float = Field(description="the same over up (negative) pulses")
+    nrmse_down: float = Field(description="the same over down (positive) pulses")
+    n_pulses: int = Field(description="pulses compared in the replay (anchors excluded)")
+
+
+class Provenance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source_file: str
+    source_sha256: str = ""
+    measured_at: str = ""
+    selection: str = Field(description="pulses kept: all, analysis-block, or cutoffs:FILE")
+    voltage_range: dict | None = None
+    n_trace_pulses: int
+    fit: dict = Field(description="fit settings: nodes, smoothing, optimiser result")
+    conductance_rule: str = "G = (1/R_low + 1/R_high) / 2 for WGFMU files"
+    simplification: str = ("each row of the amplitude staircase is treated as one identical pulse; the amplitude "
+                           "dependence is absorbed into the state dependence of the step tables")
+    edgelearn_version: str = __version__
+
+
+class DeviceCard(BaseModel):
+    """Everything the emulator needs to know about one device at one pulse width. Saved as JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: str = CARD_FORMAT
+    card_id: str = Field(description="unique name: device-width-measurement time")
+    device_id: str
+    pulse_width_s: float = Field(gt=0.0)
+    read_voltage_v: float = Field(gt=0.0)
+    area_m2: float | None = Field(None, description="device area; from the size label where the naming rule knows it")
+    area_rule: str = ""
+    g_ref_s: float = Field(gt=0.0, description="conductance that maps to w = 0 (mean of the fitted trace)")
+    g_min_s: float = Field(gt=0.0)
+    g_max_s: float = Field(gt=0.0)
+    model: PiecewiseStepModel
+    variation: DeviceVariation = DeviceVariation()
+    figures: DeviceFigures
+    provenance: Provenance
+
+    @model_validator(mode="after")
+    def _format(self):
+        if self.format != CARD_FORMAT:
+            raise ValueError(f"expected format '{CARD_FORMAT}', got '{self.format}'")
+        if not self.g_min_s < self.g_max_s:
+            raise ValueError("need g_min_s < g_max_s")
+        return self
+
+    # -- conversions -------------------------------------------------------------------------------------------
+    def weight_from_conductance(self, g_s) -> np.ndarray:
+        """w = 2 (G - G_ref) / (G_max - G_min)."""
+        return 2.0 * (np.asarray(g_s, float) - self.g_ref_s) / (self.g_max_s - self.g_min_s)
+
+    def conductance_from_weight(self, w) -> np.ndarray:
+        return self.g_ref_s + 0.5 * np.asarray(w, float) * (self.g_max_s - self.g_min_s)
+
+    def summary(self) -> dict:
+        """The figures `edgelearn device show` prints."""
+        f = self.figures
+        return dict(card_id=self.card_id, device_id=self.device_id, pulse_width_s=self.pulse_width_s,
+                    granularity=f.granularity, symmetry_point=f.symmetry_point,
+                    symmetry_point_simulated=f.symmetry_point_simulated,
+                    symmetry_point_measured=f.symmetry_point_measured, dw_min=self.model.dw_min,
+                    up_down=self.model.up_down, w_min=self.model.w_min, w_max=self.model.w_max,
+                    n_states=f.n_states, on_off_ratio=f.on_off_ratio, dw_min_std=self.model.dw_min_std,
+                    g_min_s=self.g_min_s, g_max_s=self.g_max_s, area_m2=self.area_m2, nrmse=f.nrmse,
+                    source_file=self.provenance.source_file)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json() + "\n")
+        tmp.replace(path)
+
+
+def load_card(path_or_name: str | Path) -> DeviceCard:
+    """Load a card from a JSON file, or a bundled card by id or unique id prefix (e.g. 'ID170ZR5000-20ns')."""
+    path = Path(path_or_name)
+    if not path.exists():
+        path = bundled_card_path(str(path_or_name))
+    try:
+        text = path.read_text()
+    except (IsADirectoryError, PermissionError) as exc:
+        raise InputError(path, f"cannot read card ({exc.strerror})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"not valid JSON: {exc.msg}", exc.lineno) from None
+    try:
+        return DeviceCard.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ".".join(str(p) for p in err["loc"]) or "card"
+        msg = "missing" if err["type"] == "missing" else err["msg"].removeprefix("Value error, ")
+        raise InputError(path, msg, field=name) from None
+
+
+def bundled_cards() -> dict[str, Path]:
+    """Cards shipped with the package (fitted by tools/fit_cards.py from the LBE247 traces), by card id."""
+    root = resources.files("edgelearn.bundled") / "cards"
+    return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".json")}
+
+
+def bundled_card_path(name: str) -> Path:
+    cards = bundled_cards()
+    if name in cards:
+        return cards[name]
+    matches = sorted(k for k in cards if k.startswith(name))
+    if len(matches) == 1:
+        return cards[matches[0]]
+    if not matches:
+        raise EdgelearnError(f"{name}: no such card file, and no bundled card of that name "
+                             f"(bundled: {', '.join(sorted({k.rsplit('-', 1)[0] for k in cards}))})")
+    raise EdgelearnError(f"{name}: ambiguous, bundled cards {', '.join(matches)}")
+
+
+# ------------------------------------------------------------------------------------------------ the fit
+
+
+def width_label(seconds: float) -> str:
+    """2e-08 -> '20ns', 2e-06 -> '2us', 2e-3 -> '2ms'."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
+        value = seconds / scale
+        if value >= 1.0 - 1e-9:
+            return f"{value:.4g}{unit}"
+    return f"{seconds / 1e-12:.4g}ps"
+
+
+_NAME = re.compile(r"^ID\d+[A-Z]{2}(?P<size>\d+)?(?P<shape>Oct|Circ|Star)?$")
+
+
+def device_area(device_id: str) -> tuple[float | None, str]:
+    """Area from the LBE247 naming rule: octagon of (34/9) r^2 with r the size label in nm (traces/README)."""
+    match = _NAME.match(device_id)
+    if not match or not match.group("size"):
+        return None, "unknown: no size label in the device name"
+    if match.group("shape") in ("Circ", "Star"):
+        return None, f"unknown: the (34/9) r^2 rule is for octagons, not {match.group('shape')}"
+    r_m = int(match.group("size")) * 1e-9
+    return 34.0 / 9.0 * r_m * r_m, "(34/9) r^2, r = size label in nm (octagon)"
+
+
+@dataclass
+class ReplayReport:
+    """Measured vs replayed trajectory of one trace under one card."""
+
+    card_id: str
+    trace: str
+    nrmse: float
+    nrmse_up: float
+    nrmse_down: float
+    rmse_w: float
+    n_pulses: int
+    n_anchors: int
+    w_range: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def replay_trace(model: PiecewiseStepModel, w_measured: np.ndarray, trace: Trace) -> np.ndarray:
+    """Noise-free replay of the trace's pulses from its first measured state, re-anchored after gaps."""
+    anchors = trace.anchors
+    return crossbar.replay(float(w_measured[0]), trace.polarity.astype(np.int64), anchors, w_measured,
+                           *model.kernel_args())
+
+
+def _replay_errors(w_measured, w_replayed, trace: Trace) -> dict:
+    anchors = trace.anchors
+    compared = ~anchors
+    w_range = float(w_measured.max() - w_measured.min())
+    err = w_replayed - w_measured
+
+    def nrmse(mask):
+        mask = mask & compared
+        return float(np.sqrt(np.mean(err[mask] ** 2)) / w_range) if mask.any() else float("nan")
+
+    return dict(nrmse=nrmse(np.ones_like(compared)), nrmse_up=nrmse(trace.polarity < 0),
+                nrmse_down=nrmse(trace.polarity > 0), rmse_w=float(np.sqrt(np.mean(err[compared] ** 2))),
+                n_pulses=int(compared.sum()), n_anchors=int(anchors.sum()), w_range=w_range)
+
+
+def validate_card(card: DeviceCard, trace: Trace) -> ReplayReport:
+    """Replay the trace's pulse sequence on the card's model (no noise) and compare with the measurement."""
+    w = card.weight_from_conductance(trace.conductance_s)
+    replayed = replay_trace(card.model, w, trace)
+    return ReplayReport(card_id=card.card_id, trace=trace.meta.source or trace.path, **_replay_errors(w, replayed, trace))
+
+
+def _hat_basis(x, nodes):
+    """Rows: linear-interpolation weights of each x on the node grid (clamped at the ends)."""
+    n = len(nodes)
+    pos = np.clip((x - nodes[0]) / (nodes[-1] - nodes[0]) * (n - 1), 0.0, n - 1)
+    idx = np.minimum(pos.astype(int), n - 2)
+    t = pos - idx
+    basis = np.zeros((len(x), n))
+    basis[np.arange(len(x)), idx] = 1.0 - t
+    basis[np.arange(len(x)), idx + 1] += t
+    return basis
+
+
+def _second_difference(n):
+    d = np.zeros((n - 2, n))
+    for i in range(n - 2):
+        d[i, i:i + 3] = (1.0, -2.0, 1.0)
+    return d
+
+
+def _local_steps(w, trace: Trace):
+    """(state before, step in the pulse's own direction, polarity) for every non-anchor pulse."""
+    keep = ~trace.anchors
+    before = np.roll(w, 1)[keep]
+    step = (w - np.roll(w, 1))[keep] * -trace.polarity[keep]
+    return before, step, trace.polarity[keep]
+
+
+def _running_median(w, trace: Trace, half_window: int = 2):
+    """w smoothed by a running median within each stretch of consecutive pulses of one polarity."""
+    smooth = w.copy()
+    breaks = trace.anchors | np.r_[True, trace.polarity[1:] != trace.polarity[:-1]]
+    starts = np.nonzero(breaks)[0]
+    for a, b in zip(starts, np.r_[starts[1:], len(w)]):
+        for k in range(a, b):
+            smooth[k] = np.median(w[max(a, k - half_window):min(b, k + half_window + 1)])
+    return smooth
+
+
+def _initial_tables(before, step, pol, nodes, smoothing):
+    """Per-direction smoothed local-slope estimate: the fit's starting point."""
+    d2 = _second_difference(len(nodes))
+    tables = []
+    typical = np.median(np.abs(step)) if step.size else 1e-3
+    for direction in (-1, 1):
+        sel = pol == direction
+        basis = _hat_basis(before[sel], nodes)
+        lhs = basis.T @ basis + max(smoothing, 1e-6) * 10.0 * d2.T @ d2 + 1e-9 * np.eye(len(nodes))
+        table = np.linalg.solve(lhs, basis.T @ step[sel])
+        tables.append(np.maximum(table, 0.05 * typical))
+    return tables  # up, down
+
+
+def _flat_outside(table, grid, visited):
+    """Hold the table constant beyond the states a direction's pulses started from.
+
+    Nodes there only meet the smoothing term, which would extrapolate the last slope into states that were never
+    measured (and move the symmetry point with it); a constant step is the least assuming continuation. Replay of the
+    measured trace is unchanged: no visited state interpolates between two such nodes.
+    """
+    table = table.copy()
+    lo, hi = visited.min(), visited.max()
+    below = np.nonzero(grid <= lo)[0]
+    above = np.nonzero(grid >= hi)[0]
+    if below.size > 1:
+        table[: below[-1]] = np.interp(lo, grid, table)
+    if above.size > 1:
+        table[above[0] + 1:] = np.interp(hi, grid, table)
+    return table
+
+
+def fit_device(trace: Trace, nodes: int = DEFAULT_NODES, smoothing: float = DEFAULT_SMOOTHING,
+               variation: DeviceVariation | None = None) -> DeviceCard:
+    """Fit a PiecewiseStep model to a trace so that replaying the trace's pulses reproduces its trajectory.
+
+    The step tables (positive, parametrised in log space) minimise the replay error over all pulses plus
+    `smoothing` times the squared second differences of the log tables (which also decides nodes no pulse visits).
+    Cycle-to-cycle noise is the robust spread of measured steps around the fitted step at the same state.
+    """
+    from scipy.optimize import least_squares
+
+    if nodes < 3:
+        raise EdgelearnError(f"nodes must be at least 3, got {nodes}")
+    if smoothing < 0:
+        raise EdgelearnError(f"smoothing must not be negative, got {smoothing}")
+    g = trace.conductance_s
+    g_ref, g_min, g_max = float(g.mean()), float(g.min()), float(g.max())
+    if not g_max > g_min:
+        raise InputError(trace.path, "conductance never changes: nothing to fit")
+    w = 2.0 * (g - g_ref) / (g_max - g_min)
+    w_min, w_max = float(w.min()), float(w.max())
+    grid = np.linspace(w_min, w_max, nodes)
+    before, step, pol = _local_steps(w, trace)
+    for direction, name in ((-1, "up (negative)"), (1, "down (positive)")):
+        if np.count_nonzero(pol == direction) < 2:
+            raise InputError(trace.path, f"the {name} branch has fewer than 2 pulses that follow a measured state: "
+                             "cannot fit its steps")
+    # two starting points, the raw local slopes and the slopes of a running median (robust to single outliers);
+    # the replay objective is not convex, so keep whichever ends lower
+    starts = [_initial_tables(before, step, pol, grid, smoothing),
+              _initial_tables(*_local_steps(_running_median(w, trace), trace), grid, smoothing)]
+    anchors = trace.anchors
+    compared = ~anchors
+    polarity = trace.polarity.astype(np.int64)
+    d2 = _second_difference(nodes)
+    reg = math.sqrt(smoothing)
+
+    def residuals(theta):
+        up, down = np.exp(theta[:nodes]), np.exp(theta[nodes:])
+        replayed = crossbar.replay(w[0], polarity, anchors, w, up, down, 1.0, 1.0, w_min, w_max)
+        return np.concatenate([(replayed - w)[compared], reg * (d2 @ theta[:nodes]), reg * (d2 @ theta[nodes:])])
+
+    # a step is at most the whole range and at least a millionth of it; bounds keep unvisited nodes finite
+    lower, upper = math.log(1e-6 * (w_max - w_min)), math.log(w_max - w_min)
+    result = None
+    for up0, down0 in starts:
+        theta0 = np.clip(np.log(np.concatenate([up0, down0])), lower + 1e-9, upper - 1e-9)
+        candidate = least_squares(residuals, theta0, bounds=(lower, upper), method="trf", diff_step=1e-3,
+                                  max_nfev=400 * nodes)
+        if result is None or candidate.cost < result.cost:
+            result = candidate
+    up, down = np.exp(result.x[:nodes]), np.exp(result.x[nodes:])
+    up = _flat_outside(up, grid, before[pol < 0])
+    down = _flat_outside(down, grid, before[pol > 0])
+
+    predicted = np.where(pol < 0, np.interp(before, grid, up), np.interp(before, grid, down))
+    ratio = step / predicted - 1.0
+    c2c = float(1.4826 * np.median(np.abs(ratio - np.median(ratio)))) if ratio.size else 0.0
+
+    model = PiecewiseStepModel.from_absolute(w_min, w_max, up, down, dw_min_std=c2c)
+    replayed = replay_trace(model, w, trace)
+    errors = _replay_errors(w, replayed, trace)
+    sym, sym_sim, pairs = symmetry_points(model)
+    range_up = (float(before[pol < 0].min()), float(before[pol < 0].max()))
+    range_down = (float(before[pol > 0].min()), float(before[pol > 0].max()))
+    area, area_rule = device_area(trace.meta.device_id)
+    meta: TraceMeta = trace.meta
+    stamp = meta.measured_at.replace("-", "").replace(":", "") or "untimed"
+    card = DeviceCard(
+        card_id=f"{meta.device_id}-{width_label(meta.pulse_width_s)}-{stamp}",
+        device_id=meta.device_id, pulse_width_s=meta.pulse_width_s, read_voltage_v=meta.read_voltage_v,
+        area_m2=area, area_rule=area_rule, g_ref_s=g_ref, g_min_s=g_min, g_max_s=g_max, model=model,
+        variation=variation or DeviceVariation(),
+        figures=DeviceFigures(
+            granularity=0.5 * (float(model.step_up(0.0)) + float(model.step_down(0.0))),
+            symmetry_point=sym, symmetry_point_simulated=sym_sim, symmetry_pairs=pairs,
+            symmetry_point_measured=bool(max(range_up[0], range_down[0]) <= sym <= min(range_up[1], range_down[1])),
+            measured_range_up=range_up, measured_range_down=range_down,
+            n_states=effective_states(model), on_off_ratio=g_max / g_min, nrmse=errors["nrmse"],
+            nrmse_up=errors["nrmse_up"], nrmse_down=errors["nrmse_down"], n_pulses=errors["n_pulses"]),
+        provenance=Provenance(
+            source_file=meta.source or Path(trace.path).name, source_sha256=meta.source_sha256,
+            measured_at=meta.measured_at, selection=meta.selection,
+            voltage_range=meta.voltage_range.model_dump() if meta.voltage_range else None,
+            n_trace_pulses=len(trace),
+            fit=dict(nodes=nodes, smoothing=smoothing, method="least_squares(trf) on replay residuals",
+                     cost=float(result.cost), evaluations=int(result.nfev), status=int(result.status))),
+    )
+    return card
+
+
+# ------------------------------------------------------------------------------------------- derived figures
+
+
+def symmetry_points(model: PiecewiseStepModel) -> tuple[float, float, int]:
+    """(analytic, simulated, pairs): where up and down steps balance.
+
+    Analytic: the step difference up(w) - down(w) is piecewise linear on the node grid, so its roots are exact; the
+    answer is the stable root (difference falling through zero) that the drift from w = 0 reaches, or the bound it
+    runs into when there is none. Simulated: alternating up/down pulses from w = 0 until the pair mean settles.
+    """
+    grid = model.nodes
+    diff = model.step_up(grid) - model.step_down(grid)
+    d0 = float(model.step_up(0.0) - model.step_down(0.0))
+    analytic = None
+    if d0 == 0.0:
+        analytic = 0.0
+    elif d0 > 0.0:  # drifts upward: first downward zero crossing above 0
+        for i in range(len(grid) - 1):
+            a, b = diff[i], diff[i + 1]
+            if grid[i + 1] > 0.0 and a > 0.0 >= b:
+                root = grid[i] + a / (a - b) * (grid[i + 1] - grid[i])
+                if root >= 0.0:
+                    analytic = float(root)
+                    break
+        if analytic is None:
+            analytic = model.w_max
+    else:  # drifts downward: last downward crossing below 0
+        for i in range(len(grid) - 2, -1, -1):
+            a, b = diff[i], diff[i + 1]
+            if grid[i] < 0.0 and a >= 0.0 > b:
+                root = grid[i] + a / (a - b) * (grid[i + 1] - grid[i]) if a != b else grid[i]
+                if root <= 0.0:
+                    analytic = float(root)
+                    break
+        if analytic is None:
+            analytic = model.w_min
+    simulated, pairs = crossbar.alternate_until_settled(0.0, *model.kernel_args(), MAX_SETTLE_PAIRS, SETTLE_TOLERANCE)
+    return float(analytic), float(simulated), int(pairs)
+
+
+def effective_states(model: PiecewiseStepModel) -> float:
+    """Mean number of noise-free pulses for a full down sweep (w_max to w_min) and a full up sweep, each counted
+    until the weight is within 0.5 % of the range from the far bound."""
+    margin = 0.005 * (model.w_max - model.w_min)
+    args = (*model.kernel_args(), MAX_SWEEP_PULSES)
+    n_down = crossbar.pulses_to_cross(model.w_max, model.w_min + margin, crossbar.POLARITY_DOWN, *args)
+    n_up = crossbar.pulses_to_cross(model.w_min, model.w_max - margin, crossbar.POLARITY_UP, *args)
+    return 0.5 * (n_down + n_up)

@@ -1,0 +1,1 @@
+"""What runs on the wearable: numba kernels over plain arrays (device physics, controller). No host imports."""

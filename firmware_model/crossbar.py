@@ -1,0 +1,102 @@
+"""Device physics of the crossbar: how one ferroelectric synapse answers programming pulses.
+
+Plain arrays and scalars in, plain arrays out; the host (edgelearn.devices) turns a device card into these arrays once.
+
+Semantics follow aihwkit's PiecewiseStepDevice so that results compare one to one:
+- the relative step at state w is the linear interpolation of a node table whose nodes are equally spaced from the
+  device's w_min to w_max;
+- the absolute step is that value times the direction's scale (scale_up / scale_down, already including dw_min,
+  up/down asymmetry and device-to-device gain) times (1 + c2c_std * xi) for cycle-to-cycle noise;
+- polarity +1 is a "down" pulse (positive voltage lowers the conductance), polarity -1 an "up" pulse;
+- the weight is clipped to [w_min, w_max] after every pulse.
+"""
+
+import numpy as np
+from numba import njit
+
+POLARITY_DOWN = 1
+POLARITY_UP = -1
+
+
+@njit(cache=True)
+def relative_step(w, table, w_min, w_max):
+    """Linear interpolation of `table` (nodes equally spaced over [w_min, w_max]) at state w, flat outside."""
+    n_sections = table.shape[0] - 1
+    position = (w - w_min) / (w_max - w_min) * n_sections
+    if position <= 0.0:
+        return table[0]
+    if position >= n_sections:
+        return table[n_sections]
+    index = int(position)
+    t = position - index
+    return table[index] * (1.0 - t) + table[index + 1] * t
+
+
+@njit(cache=True)
+def apply_pulse(w, polarity, table_up, table_down, scale_up, scale_down, w_min, w_max, noise):
+    """State after one pulse. `noise` is the already-scaled cycle-to-cycle factor c2c_std*xi (0.0 for none)."""
+    if polarity > 0:
+        w = w - scale_down * relative_step(w, table_down, w_min, w_max) * (1.0 + noise)
+    else:
+        w = w + scale_up * relative_step(w, table_up, w_min, w_max) * (1.0 + noise)
+    if w < w_min:
+        return w_min
+    if w > w_max:
+        return w_max
+    return w
+
+
+@njit(cache=True)
+def replay(w_start, polarities, restart, restart_w, table_up, table_down, scale_up, scale_down, w_min, w_max):
+    """Noise-free replay of a pulse sequence; returns the state after each pulse.
+
+    Pulse k takes the state after pulse k-1 to the state after pulse k. Where restart[k] is true, the state after
+    pulse k is set to restart_w[k] instead (a measured anchor, e.g. the first pulse of a segment whose predecessors
+    were not recorded). Pulse 0 always starts from its anchor w_start.
+    """
+    n = polarities.shape[0]
+    out = np.empty(n)
+    w = w_start
+    for k in range(n):
+        if k == 0:
+            w = w_start
+        elif restart[k]:
+            w = restart_w[k]
+        else:
+            w = apply_pulse(w, polarities[k], table_up, table_down, scale_up, scale_down, w_min, w_max, 0.0)
+        out[k] = w
+    return out
+
+
+@njit(cache=True)
+def alternate_until_settled(w_start, table_up, table_down, scale_up, scale_down, w_min, w_max, max_pairs, tolerance):
+    """Alternate up and down pulses from w_start until the mean of an up/down pair stops moving.
+
+    Returns (settled weight = mean state over the last pair, number of pairs applied). This is what the controller's
+    in-situ symmetry-point search does on a noise-free device.
+    """
+    w = w_start
+    previous = w_start
+    mean = w_start
+    for pair in range(max_pairs):
+        w = apply_pulse(w, POLARITY_UP, table_up, table_down, scale_up, scale_down, w_min, w_max, 0.0)
+        w_after_up = w
+        w = apply_pulse(w, POLARITY_DOWN, table_up, table_down, scale_up, scale_down, w_min, w_max, 0.0)
+        mean = 0.5 * (w_after_up + w)
+        if pair > 0 and abs(mean - previous) < tolerance:
+            return mean, pair + 1
+        previous = mean
+    return mean, max_pairs
+
+
+@njit(cache=True)
+def pulses_to_cross(w_from, w_to, polarity, table_up, table_down, scale_up, scale_down, w_min, w_max, max_pulses):
+    """Number of noise-free pulses of one polarity needed to move from w_from past w_to (max_pulses if never)."""
+    w = w_from
+    for k in range(max_pulses):
+        w = apply_pulse(w, polarity, table_up, table_down, scale_up, scale_down, w_min, w_max, 0.0)
+        if polarity > 0 and w <= w_to:
+            return k + 1
+        if polarity < 0 and w >= w_to:
+            return k + 1
+    return max_pulses
