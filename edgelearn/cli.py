@@ -79,7 +79,8 @@ def cmd_device_show(args) -> int:
 def cmd_device_list(args) -> int:
     from .devices import bundled_cards, load_card
 
-    rows = [load_card(path).summary() for _, path in sorted(bundled_cards().items())]
+    rows = sorted((load_card(path).summary() for path in bundled_cards().values()),
+                  key=lambda r: (r["device_id"], r["pulse_width_s"], r["card_id"]))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

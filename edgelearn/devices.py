@@ -21,7 +21,7 @@ from firmware_model import crossbar
 
 from ._version import __version__
 from .errors import EdgelearnError, InputError
-from .traces import Trace, TraceMeta
+from .traces import Trace, TraceMeta, write_atomically
 
 CARD_FORMAT = "edgelearn-card/1"
 DEFAULT_NODES = 32
@@ -29,6 +29,7 @@ DEFAULT_SMOOTHING = 1e-2
 SETTLE_TOLERANCE = 1e-7  # in units of w: the alternating-pulse search stops when the pair mean moves less
 MAX_SETTLE_PAIRS = 200_000
 MAX_SWEEP_PULSES = 100_000
+MAX_FIT_ITERATIONS = 200  # per starting point; the real traces converge in 10-100
 
 
 class PiecewiseStepModel(BaseModel):
@@ -211,10 +212,7 @@ class DeviceCard(BaseModel):
         return self.model_dump_json(indent=2)
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json() + "\n")
-        tmp.replace(path)
+        write_atomically(path, self.to_json() + "\n")
 
 
 def load_card(path_or_name: str | Path) -> DeviceCard:
@@ -241,8 +239,11 @@ def load_card(path_or_name: str | Path) -> DeviceCard:
 
 def bundled_cards() -> dict[str, Path]:
     """Cards shipped with the package (fitted by tools/fit_cards.py from the LBE247 traces), by card id."""
-    root = resources.files("edgelearn.bundled") / "cards"
-    return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".json")}
+    try:
+        root = Path(str(resources.files("edgelearn.bundled"))) / "cards"
+    except ModuleNotFoundError:  # imported from a source checkout next to an installed copy: use the checkout's cards
+        root = Path(__file__).resolve().parent.parent / "traces" / "cards"
+    return {p.stem: p for p in sorted(root.glob("*.json"))}
 
 
 def bundled_card_path(name: str) -> Path:
@@ -448,7 +449,7 @@ def fit_device(trace: Trace, nodes: int = DEFAULT_NODES, smoothing: float = DEFA
     for up0, down0 in starts:
         theta0 = np.clip(np.log(np.concatenate([up0, down0])), lower + 1e-9, upper - 1e-9)
         candidate = least_squares(residuals, theta0, bounds=(lower, upper), method="trf", diff_step=1e-3,
-                                  max_nfev=400 * nodes)
+                                  max_nfev=MAX_FIT_ITERATIONS)
         if result is None or candidate.cost < result.cost:
             result = candidate
     up, down = np.exp(result.x[:nodes]), np.exp(result.x[nodes:])

@@ -103,10 +103,21 @@ class Trace:
         lines.append(",".join(TRACE_COLUMNS))
         for k in range(len(self)):
             sign = "+1" if self.polarity[k] > 0 else "-1"
-            lines.append(f"{int(self.pulse[k])},{self.amplitude_v[k]!r},{sign},{self.conductance_s[k]!r}")
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("\n".join(lines) + "\n")
+            lines.append(f"{int(self.pulse[k])},{float(self.amplitude_v[k])!r},{sign},{float(self.conductance_s[k])!r}")
+        write_atomically(path, "\n".join(lines) + "\n")
+
+
+def write_atomically(path: str | Path, text: str) -> None:
+    """Write via a temporary file and rename, so a failed write never leaves a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
         tmp.replace(path)
+    except OSError as exc:
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
+        raise InputError(path, f"cannot write ({exc.strerror})") from None
 
 
 def load_trace(path: str | Path, cutoffs: str | Path | None = None, use_cutoffs: bool = True) -> Trace:
@@ -165,6 +176,7 @@ def _integer(path, line_no, field_name, text) -> int:
 def _parse_csv_trace(path: Path, text: str) -> Trace:
     lines = text.splitlines()
     header: dict[str, object] = {}
+    key_lines: dict[str, int] = {}
     line_no = 0
     if lines[0].strip() != f"# {TRACE_FORMAT}":
         raise InputError(path, f"expected first line '# {TRACE_FORMAT}'", 1)
@@ -178,6 +190,9 @@ def _parse_csv_trace(path: Path, text: str) -> Trace:
         if not sep:
             raise InputError(path, f"expected '# key = value', got '{raw.strip()}'", line_no)
         key, value = key.strip(), value.strip()
+        if key in key_lines:
+            raise InputError(path, f"duplicate header key (first given at line {key_lines[key]})", line_no, key)
+        key_lines[key] = line_no
         if key == "voltage_range":
             parts = value.split(",")
             if len(parts) != 4:
@@ -193,8 +208,11 @@ def _parse_csv_trace(path: Path, text: str) -> Trace:
     except ValidationError as exc:
         err = exc.errors()[0]
         name = ".".join(str(p) for p in err["loc"]) or "header"
-        key_line = next((i for i, raw in enumerate(lines, start=1) if raw[1:].strip().startswith(name)), None)
-        raise InputError(path, _pydantic_message(err), key_line, name) from None
+        key = str(err["loc"][0]) if err["loc"] else ""
+        if err.get("type") == "missing":  # point at the column header, where the header block ended without it
+            raise InputError(path, f"missing: expected a '# {key} = ...' line before the column header", line_no,
+                             name) from None
+        raise InputError(path, _pydantic_message(err), key_lines.get(key), name) from None
     columns = [c.strip() for c in lines[line_no - 1].split(",")]
     if tuple(columns) != TRACE_COLUMNS:
         bad = next((c for c, e in zip(columns, TRACE_COLUMNS) if c != e), None) if len(columns) == 4 else None
@@ -243,11 +261,12 @@ def _pydantic_message(err) -> str:
 
 
 def _check_branches(trace: Trace, path: Path) -> None:
+    kept = "" if trace.meta.selection == "all" else f" by selection {trace.meta.selection}"
     if len(trace) < 2:
-        raise InputError(path, f"needs at least 2 pulses, has {len(trace)}")
+        raise InputError(path, f"needs at least 2 pulses, has {len(trace)}{kept}")
     for pol, name in ((1, "positive (down)"), (-1, "negative (up)")):
         if not np.any(trace.polarity == pol):
-            raise InputError(path, f"the {name} branch is empty: no pulses of that polarity were kept")
+            raise InputError(path, f"the {name} branch is empty: no pulses of that polarity were kept{kept}")
 
 
 # --------------------------------------------------------------------------------------------- WGFMU .dat files
@@ -340,7 +359,7 @@ def _parse_wgfmu(path: Path, text: str, cutoffs, use_cutoffs: bool) -> Trace:
     kept = [r for r in rows if vrange is None or vrange.keeps(r[2])]
     meta = TraceMeta(device_id=device_id, pulse_width_s=width, amplitude_step_v=abs(values["stepSize"]),
                      measured_at=measured_at, source=path.name,
-                     source_sha256=hashlib.sha256(text.encode()).hexdigest(), selection=selection,
+                     source_sha256=hashlib.sha256(path.read_bytes()).hexdigest(), selection=selection,
                      voltage_range=vrange)
     r_low = np.array([r[3] for r in kept])
     r_high = np.array([r[4] for r in kept])
