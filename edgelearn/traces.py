@@ -170,6 +170,33 @@ def _integer(path, line_no, field_name, text) -> int:
     return int(value)
 
 
+def _unit(name: str) -> tuple[str, str]:
+    """'R_low (ohm)' -> ('R_low', 'ohm'); 'conductance_s' -> ('conductance', 's')."""
+    if name.endswith(")") and " (" in name:
+        base, _, unit = name[:-1].partition(" (")
+        return base, unit
+    base, _, unit = name.rpartition("_")
+    return (base, unit) if base else (name, "")
+
+
+def _table_rows(path, lines, header_line, columns):
+    """Check the column header at 1-based `header_line`, then yield (line number, cells) of each non-empty row."""
+    names = [n.strip() for n in lines[header_line - 1].split(",")]
+    if tuple(names) != tuple(columns):
+        for expected, got in zip(columns, names):
+            if expected != got and _unit(expected)[0] == _unit(got)[0]:
+                raise InputError(path, f"wrong unit: expected column '{expected}', got '{got}'", header_line)
+        raise InputError(path, f"expected columns '{','.join(columns)}', got '{','.join(names)}'", header_line)
+    for line_no, raw in enumerate(lines[header_line:], start=header_line + 1):
+        if not raw.strip():
+            continue
+        cells = raw.split(",")
+        if len(cells) != len(columns):
+            raise InputError(path, f"expected {len(columns)} comma-separated values, got {len(cells)} "
+                             "(truncated or malformed row)", line_no)
+        yield line_no, cells
+
+
 # ---------------------------------------------------------------------------------------------- our CSV format
 
 
@@ -213,18 +240,8 @@ def _parse_csv_trace(path: Path, text: str) -> Trace:
             raise InputError(path, f"missing: expected a '# {key} = ...' line before the column header", line_no,
                              name) from None
         raise InputError(path, _pydantic_message(err), key_lines.get(key), name) from None
-    columns = [c.strip() for c in lines[line_no - 1].split(",")]
-    if tuple(columns) != TRACE_COLUMNS:
-        bad = next((c for c, e in zip(columns, TRACE_COLUMNS) if c != e), None) if len(columns) == 4 else None
-        hint = f" ('{bad}' has the wrong name or unit)" if bad else ""
-        raise InputError(path, f"expected columns '{','.join(TRACE_COLUMNS)}', got '{','.join(columns)}'{hint}", line_no)
     pulses, amps, pols, gs = [], [], [], []
-    for row_no, raw in enumerate(lines[line_no:], start=line_no + 1):
-        if not raw.strip():
-            continue
-        cells = raw.split(",")
-        if len(cells) != 4:
-            raise InputError(path, f"expected 4 comma-separated values, got {len(cells)} (truncated or malformed row)", row_no)
+    for row_no, cells in _table_rows(path, lines, line_no, TRACE_COLUMNS):
         pulse = _integer(path, row_no, "pulse", cells[0])
         amp = _number(path, row_no, "amplitude_v", cells[1])
         pol_text = cells[2].strip()
@@ -255,8 +272,6 @@ def _pydantic_message(err) -> str:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     value = err.get("input")
-    if err.get("type") == "missing":
-        return "missing"
     return f"{msg} (got {value!r})" if value is not None and not isinstance(value, dict) else msg
 
 
@@ -317,19 +332,8 @@ def _parse_wgfmu(path: Path, text: str, cutoffs, use_cutoffs: bool) -> Trace:
 
     if len(lines) < 7:
         raise InputError(path, "truncated: no data block (expected header at line 7)", len(lines) + 1)
-    names = [n.strip() for n in lines[6].split(",")]
-    if tuple(names) != _DAT_DATA:
-        for expected, got in zip(_DAT_DATA, names):
-            if expected != got and expected.split(" (")[0] == got.split(" (")[0]:
-                raise InputError(path, f"wrong unit: expected column '{expected}', got '{got}'", 7)
-        raise InputError(path, f"expected data columns '{','.join(_DAT_DATA)}', got '{','.join(names)}'", 7)
     rows = []
-    for line_no, raw in enumerate(lines[7:], start=8):
-        if not raw.strip():
-            continue
-        cells = raw.split(",")
-        if len(cells) != 5:
-            raise InputError(path, f"expected 5 values, got {len(cells)} (truncated or malformed row)", line_no)
+    for line_no, cells in _table_rows(path, lines, 7, _DAT_DATA):
         number = _integer(path, line_no, "Pulse Number", cells[0])
         index = _integer(path, line_no, "index", cells[1])
         amp = _number(path, line_no, "Pulse Amplitude (V)", cells[2])

@@ -75,3 +75,12 @@ def test_console_script_entry_point():
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "ambiguous" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_plot_without_matplotlib_is_a_clear_error(capsys, tmp_path, monkeypatch, lbe247):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    png = tmp_path / "r.png"
+    code, out, err = run(capsys, "device", "validate", "ID161ZR15000-2ms", str(lbe247 / "ID161ZR15000_20241024T113844.dat"),
+                         "--plot", str(png))
+    assert code == 2 and not png.exists()
+    assert err == "edgelearn: error: plotting needs matplotlib: pip install 'edgelearn[plot]'\n"
