@@ -1,0 +1,107 @@
+"""Integer arithmetic with the exact semantics of C on a 32-bit MCU, and the controller's random number generator.
+
+numba widens int32 scalars to int64 in arithmetic, so every helper here computes in int64 and casts back explicitly;
+nothing relies on numba's implicit integer types. Conventions:
+- `wrap_i32`: two's-complement wrap-around (C unsigned-to-signed conversion on the target);
+- `sat_i32`: saturate to [INT32_MIN, INT32_MAX] (the CMSIS __SSAT idiom);
+- `div_trunc`: C integer division, rounding toward zero (numba's // floors);
+- `shift_round`: arithmetic right shift with round-half-away-from-zero, as firmware requantisation does.
+
+Random numbers: xorshift64* (Vigna 2016) on a one-element uint64 state array the caller owns (no global state);
+standard normals come from a 2^16-entry quantile table indexed by the top 16 bits of one draw.
+"""
+
+import numpy as np
+from numba import njit
+
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+NORMAL_TABLE_BITS = 16
+
+_M64 = np.uint64(0x2545F4914F6CDD1D)
+
+
+@njit(cache=True)
+def wrap_i32(value):
+    """Two's-complement wrap of an integer to int32."""
+    v = np.int64(value) & np.int64(0xFFFFFFFF)
+    if v >= np.int64(0x80000000):
+        v -= np.int64(0x100000000)
+    return np.int32(v)
+
+
+@njit(cache=True)
+def sat_i32(value):
+    """Saturate an integer to int32."""
+    v = np.int64(value)
+    if v > INT32_MAX:
+        return np.int32(INT32_MAX)
+    if v < INT32_MIN:
+        return np.int32(INT32_MIN)
+    return np.int32(v)
+
+
+@njit(cache=True)
+def div_trunc(a, b):
+    """C integer division a / b (toward zero) of int64 values; b != 0."""
+    a = np.int64(a)
+    b = np.int64(b)
+    q = abs(a) // abs(b)
+    if (a < 0) != (b < 0):
+        return -q
+    return q
+
+
+@njit(cache=True)
+def shift_round(value, shift):
+    """value / 2**shift rounded half away from zero, for int64 value and 0 <= shift < 63."""
+    v = np.int64(value)
+    if shift == 0:
+        return v
+    half = np.int64(1) << np.int64(shift - 1)
+    if v >= 0:
+        return (v + half) >> np.int64(shift)
+    return -((-v + half) >> np.int64(shift))
+
+
+@njit(cache=True)
+def rng_next(state):
+    """xorshift64*: advance state[0] and return a 64-bit draw (uint64)."""
+    x = state[0]
+    x ^= x >> np.uint64(12)
+    x ^= x << np.uint64(25)
+    x ^= x >> np.uint64(27)
+    state[0] = x
+    return x * _M64
+
+
+@njit(cache=True)
+def rng_u32(state):
+    """Uniform uint32 from the high half of a draw (the good bits of xorshift64*)."""
+    return rng_next(state) >> np.uint64(32)
+
+
+@njit(cache=True)
+def rng_normal(state, normal_table):
+    """Standard normal from the quantile table (top 16 bits of one draw pick the entry)."""
+    return normal_table[np.int64(rng_next(state) >> np.uint64(64 - NORMAL_TABLE_BITS))]
+
+
+def seed_state(seed: int) -> np.ndarray:
+    """A fresh generator state from an integer seed (splitmix64 of the seed; never zero)."""
+    z = (int(seed) + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    z ^= z >> 31
+    return np.array([z or 1], dtype=np.uint64)
+
+
+def normal_table() -> np.ndarray:
+    """2^16 standard-normal quantiles at (k + 1/2) / 2^16, rescaled to unit variance (tails end at about 4.3 sigma)."""
+    from statistics import NormalDist
+
+    n = 1 << NORMAL_TABLE_BITS
+    inv_cdf = NormalDist().inv_cdf
+    table = np.array([inv_cdf((k + 0.5) / n) for k in range(n)])
+    table -= table.mean()
+    return table / table.std()
