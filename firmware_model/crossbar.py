@@ -31,7 +31,7 @@ P_INV_SPAN = 4
 N_PARAMS = 5
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def relative_step(w, table, w_min, inv_span):
     """Linear interpolation of `table` (nodes equally spaced from w_min) at state w, flat outside the nodes."""
     n_sections = table.shape[0] - 1
@@ -45,7 +45,7 @@ def relative_step(w, table, w_min, inv_span):
     return table[index] + t * (table[index + 1] - table[index])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def step_state(w, polarity, table_up, table_down, scale_up, scale_down, w_min, w_max, inv_span, noise):
     """State after one pulse. `noise` is the already-scaled cycle-to-cycle factor c2c_std*xi (0.0 for none)."""
     if polarity > 0:
@@ -66,7 +66,7 @@ def apply_pulse(w, polarity, table_up, table_down, scale_up, scale_down, w_min, 
     return step_state(w, polarity, table_up, table_down, scale_up, scale_down, w_min, w_max, inv_span, noise)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def pulse_device(state, params, i, j, n, polarity, table_up, table_down, c2c_std, rng, normal_table):
     """Apply n pulses of one polarity to device (i, j) of a tile, each with its own cycle-to-cycle draw."""
     w = state[i, j]

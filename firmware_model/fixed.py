@@ -12,16 +12,17 @@ standard normals come from a 2^16-entry quantile table indexed by the top 16 bit
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import intrinsic
 
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
-NORMAL_TABLE_BITS = 16
+NORMAL_TABLE_BITS = 12
 
 _M64 = np.uint64(0x2545F4914F6CDD1D)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def wrap_i32(value):
     """Two's-complement wrap of an integer to int32."""
     v = np.int64(value) & np.int64(0xFFFFFFFF)
@@ -30,7 +31,7 @@ def wrap_i32(value):
     return np.int32(v)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def sat_i32(value):
     """Saturate an integer to int32."""
     v = np.int64(value)
@@ -41,7 +42,7 @@ def sat_i32(value):
     return np.int32(v)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def div_trunc(a, b):
     """C integer division a / b (toward zero) of int64 values; b != 0."""
     a = np.int64(a)
@@ -52,19 +53,20 @@ def div_trunc(a, b):
     return q
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def shift_round(value, shift):
     """value / 2**shift rounded half away from zero, for int64 value and 0 <= shift < 63."""
     v = np.int64(value)
     if shift == 0:
         return v
     half = np.int64(1) << np.int64(shift - 1)
-    if v >= 0:
-        return (v + half) >> np.int64(shift)
-    return -((-v + half) >> np.int64(shift))
+    sign = v >> np.int64(63)  # 0 or -1; branch-free |v| and sign restore (this runs once per chi cell)
+    magnitude = (v ^ sign) - sign
+    rounded = (magnitude + half) >> np.int64(shift)
+    return (rounded ^ sign) - sign
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def rng_next(state):
     """xorshift64*: advance state[0] and return a 64-bit draw (uint64)."""
     x = state[0]
@@ -75,13 +77,13 @@ def rng_next(state):
     return x * _M64
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def rng_u32(state):
     """Uniform uint32 from the high half of a draw (the good bits of xorshift64*)."""
     return rng_next(state) >> np.uint64(32)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def rng_normal(state, normal_table):
     """Standard normal from the quantile table (top 16 bits of one draw pick the entry)."""
     return normal_table[np.int64(rng_next(state) >> np.uint64(64 - NORMAL_TABLE_BITS))]
@@ -105,3 +107,21 @@ def normal_table() -> np.ndarray:
     table = np.array([inv_cdf((k + 0.5) / n) for k in range(n)])
     table -= table.mean()
     return table / table.std()
+
+
+@intrinsic
+def _ctpop(typingctx, value):
+    """LLVM's ctpop (one POPCNT instruction where the CPU has it) on an unsigned integer."""
+    if not isinstance(value, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    return value(value), codegen
+
+
+@njit(cache=True, inline="always")
+def popcount32(value):
+    """Number of set bits of a uint32 (the controller's coincidence counter)."""
+    return np.int64(_ctpop(np.uint32(value)))

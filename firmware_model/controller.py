@@ -1,0 +1,361 @@
+"""The wearable's controller: periphery (DAC -> crossbar MVM -> ADC), update scheduling, calibration, counters.
+
+Kernels take plain arrays and scalars; validation and objects live in the host wrapper (edgelearn.board).
+Per-element digital work is integer (codes, the chi accumulator, pulse counts, coincidence bits); per-vector scalars
+(abs-max scale, BL, A, B, learning-rate multipliers) are computed once per call, as an MCU with an FPU would.
+
+Counters (int64 array, indices below) are exact event counts; energy is computed from them by the host.
+Per-device pulse counts: device_pulses[set, row, col, direction] (int32), set 0 = trainable devices, 1 = reference
+devices, direction 0 = up (negative pulse), 1 = down (positive pulse). The host folds them into int64 totals before
+they could overflow.
+
+Performance notes (measured, see tools/bench_tile.py): each hot loop has a single inlined pulse_device call site and
+indexes arrays with loop variables only; a second call site or an index loaded from an array made the update 3-4x
+slower.
+"""
+
+import math
+
+import numpy as np
+from numba import njit
+
+from .crossbar import POLARITY_DOWN, POLARITY_UP, pulse_device
+from .fixed import div_trunc, popcount32, rng_normal, rng_u32, sat_i32, shift_round
+
+# counter indices
+C_PULSES_UP = 0          # training pulses, up, trainable devices
+C_PULSES_DOWN = 1        # training pulses, down
+C_CAL_PULSES_UP = 2      # calibration pulses (symmetry-point search, reference programming), up
+C_CAL_PULSES_DOWN = 3    # calibration pulses, down
+C_COINCIDENCES = 4       # stochastic-train coincidences drawn (each is one pulse)
+C_MVM_FORWARD = 5        # forward array passes (bound-management repeats included)
+C_MVM_BACKWARD = 6       # backward (transposed) array passes
+C_CELL_READS = 7         # device reads inside MVM passes (rows * cols per pass)
+C_DEVICE_READS = 8       # single-device reads (calibration, write-verify)
+C_DAC = 9                # DAC conversions
+C_ADC = 10               # ADC conversions
+C_MACS = 11              # digital multiply-accumulates on the controller (mixed-precision chi products)
+C_ACC_UPDATES = 12       # chi accumulator read-modify-writes
+C_RNG_DRAWS = 13         # random numbers drawn by the controller (trains, output noise, c2c draws excluded)
+C_BM_REPEATS = 14        # extra passes caused by iterative bound management
+C_UPDATES = 15           # update calls
+N_COUNTERS = 16
+
+COUNTER_NAMES = ("pulses_up", "pulses_down", "calibration_pulses_up", "calibration_pulses_down", "coincidences",
+                 "mvm_forward", "mvm_backward", "cell_reads", "device_reads", "dac_conversions", "adc_conversions",
+                 "digital_macs", "accumulator_updates", "rng_draws", "bound_management_repeats", "updates")
+
+NM_NONE = 0
+NM_ABS_MAX = 1
+
+
+@njit(cache=True, inline="always")
+def round_half_away(value):
+    """Round to the nearest integer, halves away from zero (as the converters and firmware do)."""
+    if value >= 0.0:
+        return math.floor(value + 0.5)
+    return -math.floor(-value + 0.5)
+
+
+@njit(cache=True, fastmath=True)
+def _analog_mvm(state, ref_state, use_ref, u, transpose, y):
+    """The array's analog summation: y = W u or W^T u, W = state (- ref_state). Summation order is physics, not
+    firmware, so it may be reassociated (fastmath) for SIMD; everything digital stays outside this function."""
+    rows, cols = state.shape
+    if transpose:
+        y[:] = 0.0
+        for i in range(rows):
+            ui = u[i]
+            if use_ref:
+                for j in range(cols):
+                    y[j] += (state[i, j] - ref_state[i, j]) * ui
+            else:
+                for j in range(cols):
+                    y[j] += state[i, j] * ui
+    else:
+        for i in range(rows):
+            acc = 0.0
+            if use_ref:
+                for j in range(cols):
+                    acc += (state[i, j] - ref_state[i, j]) * u[j]
+            else:
+                for j in range(cols):
+                    acc += state[i, j] * u[j]
+            y[i] = acc
+
+
+@njit(cache=True)
+def mvm(state, ref_state, use_ref, vec, transpose, dac_bits, inp_bound, adc_bits, out_bound, out_noise,
+        noise_management, bound_management, max_bm_rounds, rng, normal_table, codes, counters):
+    """One analog matrix-vector product through DAC and ADC; writes ADC codes, returns their scale.
+
+    Forward (transpose False): y = W x with W = state - ref_state (use_ref) or state; backward: y = W^T d.
+    Inputs are scaled by nm (abs-max: max|vec| / inp_bound; none: 1) and the bound-management factor f, converted to
+    signed DAC codes in [-(2^(dac_bits-1) - 1), +...]; the array adds Gaussian output noise (std out_noise); if any
+    output exceeds out_bound and bound management is on, f doubles and the pass repeats (at most max_bm_rounds
+    extra passes); outputs become ADC codes with step out_bound / (2^(adc_bits-1) - 1), saturating.
+    The digital result is codes * scale, scale = out_step * nm * f. An all-zero input gives zero codes, scale 0.
+    """
+    rows, cols = state.shape
+    n_in = rows if transpose else cols
+    n_out = cols if transpose else rows
+    dac_max = (1 << (dac_bits - 1)) - 1
+    adc_max = (1 << (adc_bits - 1)) - 1
+    out_step = out_bound / adc_max
+    nm = 1.0
+    if noise_management == NM_ABS_MAX:
+        vmax = 0.0
+        for k in range(n_in):
+            vmax = max(vmax, abs(vec[k]))
+        if vmax == 0.0:
+            codes[:] = 0
+            return 0.0
+        nm = vmax / inp_bound
+    u = np.empty(n_in)
+    y = np.empty(n_out)
+    f = 1.0
+    rounds = 0
+    while True:
+        per_code = inp_bound / dac_max
+        to_code = dac_max / (nm * f * inp_bound)
+        for k in range(n_in):
+            c = round_half_away(vec[k] * to_code)
+            u[k] = min(max(c, -dac_max), dac_max) * per_code
+        _analog_mvm(state, ref_state, use_ref, u, transpose, y)
+        counters[C_MVM_BACKWARD if transpose else C_MVM_FORWARD] += 1
+        counters[C_CELL_READS] += rows * cols
+        counters[C_DAC] += n_in
+        exceeded = False
+        if out_noise > 0.0:
+            for k in range(n_out):
+                y[k] += out_noise * rng_normal(rng, normal_table)
+            counters[C_RNG_DRAWS] += n_out
+        for k in range(n_out):
+            if abs(y[k]) > out_bound:
+                exceeded = True
+        if exceeded and bound_management and rounds < max_bm_rounds:
+            f *= 2.0
+            rounds += 1
+            counters[C_BM_REPEATS] += 1
+            continue
+        break
+    for k in range(n_out):
+        c = round_half_away(y[k] / out_step)
+        codes[k] = np.int32(min(max(c, -adc_max), adc_max))
+    counters[C_ADC] += n_out
+    return out_step * nm * f
+
+
+@njit(cache=True)
+def _train_bits(values, prob_scale, bl, rng, bits):
+    """Bernoulli pulse trains: bit k of bits[i] is set when slot k fires, with probability min(1, scale*|v_i|)."""
+    for i in range(values.shape[0]):
+        p = prob_scale * abs(values[i])
+        threshold = np.uint64(4294967296.0 * min(p, 1.0))
+        word = np.uint32(0)
+        for k in range(bl):
+            if rng_u32(rng) < threshold:
+                word |= np.uint32(1) << np.uint32(k)
+        bits[i] = word
+
+
+@njit(cache=True)
+def train_length(lr, x_max, d_max, dw_min, bl_max):
+    """aihwkit update BL management: BL = ceil(lr |x|max |d|max / dw_min), within [1, bl_max]."""
+    bl = int(math.ceil(lr * x_max * d_max / dw_min))
+    return min(max(bl, 1), bl_max)
+
+
+@njit(cache=True)
+def _coincidence_pulses(state, params, table_up, table_down, c2c_std, x, d, x_bits, d_bits, rng, normal_table,
+                        pulses):
+    """The hot loop of the stochastic update. Returns (pulses, of which down)."""
+    rows, cols = state.shape
+    total = 0
+    for i in range(rows):
+        word = d_bits[i]
+        if word == 0:
+            continue
+        d_pos = d[i] > 0.0
+        for j in range(cols):
+            n = popcount32(word & x_bits[j])
+            if n == 0:
+                continue
+            down = d_pos == (x[j] > 0.0)  # descent: d x > 0 lowers the weight
+            pulse_device(state, params, i, j, n, POLARITY_DOWN if down else POLARITY_UP, table_up, table_down,
+                         c2c_std, rng, normal_table)
+            pulses[i, j, 1 if down else 0] += np.int32(n)  # no branch around stores
+            total += n
+    # the down pulses are counted in a second pass over the bit words: counting them inside the loop above made
+    # the whole loop 3-4x slower (measured), the pass costs about 0.3 ns per cell
+    n_down = 0
+    for i in range(rows):
+        word = d_bits[i]
+        if word == 0:
+            continue
+        d_pos = d[i] > 0.0
+        for j in range(cols):
+            if d_pos == (x[j] > 0.0):
+                n_down += popcount32(word & x_bits[j])
+    return total, n_down
+
+
+@njit(cache=True)
+def stochastic_update(state, params, table_up, table_down, c2c_std, x, d, lr, dw_min, bl_max, update_management,
+                      rng, normal_table, device_pulses, counters):
+    """Rank-1 pulsed update W <- W - lr d x^T with stochastic pulse trains (aihwkit StochasticCompressed).
+
+    BL from update BL management; A = B = sqrt(lr / (dw_min BL)); update management A *= sqrt(xmax/dmax),
+    B *= sqrt(dmax/xmax); x_j fires in each of the BL slots with probability B|x_j|, d_i with A|d_i|; each
+    coincidence is one pulse on device (i, j), down (positive) when d_i x_j > 0, up otherwise. Returns the pulses.
+    """
+    rows, cols = state.shape
+    counters[C_UPDATES] += 1
+    x_max = 0.0
+    for j in range(cols):
+        x_max = max(x_max, abs(x[j]))
+    d_max = 0.0
+    for i in range(rows):
+        d_max = max(d_max, abs(d[i]))
+    if x_max == 0.0 or d_max == 0.0 or lr == 0.0:
+        return 0
+    bl = train_length(lr, x_max, d_max, dw_min, bl_max)
+    a = math.sqrt(lr / (dw_min * bl))
+    b = a
+    if update_management:
+        a *= math.sqrt(x_max / d_max)
+        b *= math.sqrt(d_max / x_max)
+    x_bits = np.empty(cols, np.uint32)
+    d_bits = np.empty(rows, np.uint32)
+    _train_bits(x, b, bl, rng, x_bits)
+    _train_bits(d, a, bl, rng, d_bits)
+    counters[C_RNG_DRAWS] += bl * (rows + cols)
+    total, n_down = _coincidence_pulses(state, params, table_up, table_down, c2c_std, x, d, x_bits, d_bits, rng,
+                                        normal_table, device_pulses[0])
+    counters[C_PULSES_UP] += total - n_down
+    counters[C_PULSES_DOWN] += n_down
+    counters[C_COINCIDENCES] += total
+    return total
+
+
+@njit(cache=True)
+def chi_increments(x, d, lr, chi_frac_bits, x_q, row_mult):
+    """Quantise one mixed-precision update: x_q[j] = x_j / xmax in Q15, row_mult[i] = -lr d_i xmax in chi units
+    (Q with chi_frac_bits fraction bits), so chi_ij += shift_round(row_mult_i * x_q_j, 15)."""
+    x_max = 0.0
+    for j in range(x.shape[0]):
+        x_max = max(x_max, abs(x[j]))
+    if x_max == 0.0:
+        x_q[:] = 0
+        row_mult[:] = 0
+        return
+    for j in range(x.shape[0]):
+        x_q[j] = np.int32(round_half_away(x[j] / x_max * 32767.0))
+    unit = 2.0 ** chi_frac_bits
+    for i in range(d.shape[0]):
+        row_mult[i] = sat_i32(np.int64(round_half_away(-lr * d[i] * x_max * unit)))
+
+
+@njit(cache=True)
+def mp_update(state, params, table_up, table_down, c2c_std, chi, x_q, row_mult, eps_up_q, eps_down_q, max_pulses,
+              rng, normal_table, device_pulses, counters):
+    """Mixed-precision SGD step (Nandakumar et al. 2020) on the integer accumulator chi (int32, saturating).
+
+    chi_ij += shift_round(row_mult_i * x_q_j, 15); then n = trunc(chi_ij / eps) with eps = eps_up_q when chi > 0
+    and eps_down_q otherwise (equal for one averaged epsilon); chi_ij -= n eps; |n| pulses (capped at max_pulses
+    when > 0, the rest stays in chi) up when n > 0, down when n < 0. Returns the pulses applied.
+    """
+    rows, cols = state.shape
+    counters[C_UPDATES] += 1
+    eps_up = np.int64(eps_up_q)
+    eps_down = np.int64(eps_down_q)
+    total = 0
+    net_up = 0
+    pulses = device_pulses[0]
+    for i in range(rows):
+        m = np.int64(row_mult[i])
+        for j in range(cols):
+            acc = np.int64(chi[i, j]) + shift_round(m * np.int64(x_q[j]), 15)
+            c = np.int64(sat_i32(acc))
+            if -eps_down < c < eps_up:  # below threshold: no pulse, no division (the common case)
+                chi[i, j] = np.int32(c)
+                continue
+            eps = eps_up if c > 0 else eps_down
+            n = div_trunc(c, eps)
+            if max_pulses > 0:
+                n = min(max(n, -max_pulses), max_pulses)
+            chi[i, j] = np.int32(c - n * eps)
+            if n == 0:
+                continue
+            down = n < 0
+            count = -n if down else n
+            pulse_device(state, params, i, j, count, POLARITY_DOWN if down else POLARITY_UP, table_up, table_down,
+                         c2c_std, rng, normal_table)
+            pulses[i, j, 1 if down else 0] += np.int32(count)
+            total += count
+            net_up += n
+    counters[C_PULSES_UP] += (total + net_up) // 2
+    counters[C_PULSES_DOWN] += (total - net_up) // 2
+    counters[C_MACS] += rows * cols
+    counters[C_ACC_UPDATES] += rows * cols
+    return total
+
+
+@njit(cache=True)
+def symmetry_search(state, params, table_up, table_down, c2c_std, device_set, window, max_pairs, tolerance, rng,
+                    normal_table, settled, pairs_used, device_pulses, counters):
+    """In-situ symmetry-point search on every device of a set: alternate up/down pulses, reading after each pulse;
+    every `window` pairs compare the mean read with the previous window's and stop when they differ by less than
+    `tolerance` (or after max_pairs). settled[i, j] = the last window's mean read; pairs_used[i, j] = pairs applied.
+    The device is left where the search ended (at its symmetry point, up to noise). Pulses count as calibration."""
+    rows, cols = state.shape
+    for i in range(rows):
+        for j in range(cols):
+            previous = np.inf
+            mean = state[i, j]
+            pairs = 0
+            while pairs < max_pairs:
+                total = 0.0
+                for _ in range(window):
+                    pulse_device(state, params, i, j, 1, POLARITY_UP, table_up, table_down, c2c_std, rng,
+                                 normal_table)
+                    total += state[i, j]
+                    pulse_device(state, params, i, j, 1, POLARITY_DOWN, table_up, table_down, c2c_std, rng,
+                                 normal_table)
+                    total += state[i, j]
+                    pairs += 1
+                mean = total / (2 * window)
+                if abs(mean - previous) < tolerance:
+                    break
+                previous = mean
+            settled[i, j] = mean
+            pairs_used[i, j] = pairs
+            device_pulses[device_set, i, j, 0] += np.int32(pairs)
+            device_pulses[device_set, i, j, 1] += np.int32(pairs)
+            counters[C_CAL_PULSES_UP] += pairs
+            counters[C_CAL_PULSES_DOWN] += pairs
+            counters[C_DEVICE_READS] += 2 * pairs
+
+
+@njit(cache=True)
+def program_to(state, params, table_up, table_down, c2c_std, device_set, target, tolerance, max_pulses, rng,
+               normal_table, device_pulses, counters):
+    """Write-verify: read each device, pulse one step toward target[i, j] until within tolerance or max_pulses.
+    Returns the number of devices that did not reach the tolerance."""
+    rows, cols = state.shape
+    missed = 0
+    for i in range(rows):
+        for j in range(cols):
+            n = 0
+            counters[C_DEVICE_READS] += 1
+            while abs(state[i, j] - target[i, j]) > tolerance and n < max_pulses:
+                up = state[i, j] < target[i, j]
+                pulse_device(state, params, i, j, 1, POLARITY_UP if up else POLARITY_DOWN, table_up, table_down,
+                             c2c_std, rng, normal_table)
+                device_pulses[device_set, i, j, 0 if up else 1] += np.int32(1)
+                counters[C_CAL_PULSES_UP if up else C_CAL_PULSES_DOWN] += 1
+                counters[C_DEVICE_READS] += 1
+                n += 1
+            if abs(state[i, j] - target[i, j]) > tolerance:
+                missed += 1
+    return missed
