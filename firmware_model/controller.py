@@ -51,10 +51,13 @@ NM_ABS_MAX = 1
 
 @njit(cache=True, inline="always")
 def round_half_away(value):
-    """Round to the nearest integer, halves away from zero (as the converters and firmware do)."""
-    if value >= 0.0:
-        return math.floor(value + 0.5)
-    return -math.floor(-value + 0.5)
+    """Round to the nearest integer, halves away from zero (as the converters and firmware do). Exact for every
+    double: the fraction v - floor(v) is computed without rounding (floor(v + 0.5) is not)."""
+    magnitude = abs(value)
+    whole = np.floor(magnitude)  # a float: numba's math.floor returns int64, which wraps beyond 2**63
+    if magnitude - whole >= 0.5:
+        whole += 1.0
+    return whole if value >= 0.0 else -whole
 
 
 @njit(cache=True, fastmath=True)
@@ -94,7 +97,8 @@ def mvm(state, ref_state, use_ref, vec, transpose, dac_bits, inp_bound, adc_bits
     signed DAC codes in [-(2^(dac_bits-1) - 1), +...]; the array adds Gaussian output noise (std out_noise); if any
     output exceeds out_bound and bound management is on, f doubles and the pass repeats (at most max_bm_rounds
     extra passes); outputs become ADC codes with step out_bound / (2^(adc_bits-1) - 1), saturating.
-    The digital result is codes * scale, scale = out_step * nm * f. An all-zero input gives zero codes, scale 0.
+    The digital result is codes * scale, scale = out_step * nm * f. With abs-max noise management an all-zero input
+    gives zero codes and scale 0 (no pass); without it the pass runs as for any input.
     """
     rows, cols = state.shape
     n_in = rows if transpose else cols
@@ -162,8 +166,12 @@ def _train_bits(values, prob_scale, bl, rng, bits):
 @njit(cache=True)
 def train_length(lr, x_max, d_max, dw_min, bl_max):
     """aihwkit update BL management: BL = ceil(lr |x|max |d|max / dw_min), within [1, bl_max]."""
-    bl = int(math.ceil(lr * x_max * d_max / dw_min))
-    return min(max(bl, 1), bl_max)
+    bl = np.ceil(lr * x_max * d_max / dw_min)  # compare as floats: a huge ratio must not wrap through int64
+    if bl >= bl_max:
+        return bl_max
+    if bl <= 1.0:
+        return 1
+    return int(bl)
 
 
 @njit(cache=True)
@@ -253,7 +261,9 @@ def chi_increments(x, d, lr, chi_frac_bits, x_q, row_mult):
         x_q[j] = np.int32(round_half_away(x[j] / x_max * 32767.0))
     unit = 2.0 ** chi_frac_bits
     for i in range(d.shape[0]):
-        row_mult[i] = sat_i32(np.int64(round_half_away(-lr * d[i] * x_max * unit)))
+        # saturate before the integer conversion: a float beyond int64 would wrap to the wrong sign
+        v = min(max(round_half_away(-lr * d[i] * x_max * unit), -2147483648.0), 2147483647.0)
+        row_mult[i] = np.int32(v)
 
 
 @njit(cache=True)
@@ -306,7 +316,8 @@ def symmetry_search(state, params, table_up, table_down, c2c_std, device_set, wi
                     normal_table, settled, pairs_used, device_pulses, counters):
     """In-situ symmetry-point search on every device of a set: alternate up/down pulses, reading after each pulse;
     every `window` pairs compare the mean read with the previous window's and stop when they differ by less than
-    `tolerance` (or after max_pairs). settled[i, j] = the last window's mean read; pairs_used[i, j] = pairs applied.
+    `tolerance` (or once max_pairs is reached, rounded up to whole windows). settled[i, j] = the last window's mean
+    read; pairs_used[i, j] = pairs applied.
     The device is left where the search ended (at its symmetry point, up to noise). Pulses count as calibration."""
     rows, cols = state.shape
     for i in range(rows):

@@ -8,7 +8,7 @@ nothing relies on numba's implicit integer types. Conventions:
 - `shift_round`: arithmetic right shift with round-half-away-from-zero, as firmware requantisation does.
 
 Random numbers: xorshift64* (Vigna 2016) on a one-element uint64 state array the caller owns (no global state);
-standard normals come from a 2^16-entry quantile table indexed by the top 16 bits of one draw.
+standard normals come from a 2^12-entry quantile table (32 KB, stays in L1) indexed by the top 12 bits of one draw.
 """
 
 import numpy as np
@@ -44,7 +44,7 @@ def sat_i32(value):
 
 @njit(cache=True, inline="always")
 def div_trunc(a, b):
-    """C integer division a / b (toward zero) of int64 values; b != 0."""
+    """C integer division a / b (toward zero); b != 0, |a| and |b| < 2**63 (the controller passes int32 values)."""
     a = np.int64(a)
     b = np.int64(b)
     q = abs(a) // abs(b)
@@ -55,7 +55,8 @@ def div_trunc(a, b):
 
 @njit(cache=True, inline="always")
 def shift_round(value, shift):
-    """value / 2**shift rounded half away from zero, for int64 value and 0 <= shift < 63."""
+    """value / 2**shift rounded half away from zero, for |value| < 2**62 and 0 <= shift < 63 (the controller's
+    products stay below 2**47)."""
     v = np.int64(value)
     if shift == 0:
         return v
@@ -85,7 +86,7 @@ def rng_u32(state):
 
 @njit(cache=True, inline="always")
 def rng_normal(state, normal_table):
-    """Standard normal from the quantile table (top 16 bits of one draw pick the entry)."""
+    """Standard normal from the quantile table (top NORMAL_TABLE_BITS bits of one draw pick the entry)."""
     return normal_table[np.int64(rng_next(state) >> np.uint64(64 - NORMAL_TABLE_BITS))]
 
 
@@ -99,7 +100,8 @@ def seed_state(seed: int) -> np.ndarray:
 
 
 def normal_table() -> np.ndarray:
-    """2^16 standard-normal quantiles at (k + 1/2) / 2^16, rescaled to unit variance (tails end at about 4.3 sigma)."""
+    """2^NORMAL_TABLE_BITS standard-normal quantiles at (k + 1/2) / 2^bits, rescaled to unit variance (tails end at
+    about 3.5 sigma for 12 bits)."""
     from statistics import NormalDist
 
     n = 1 << NORMAL_TABLE_BITS

@@ -1,0 +1,350 @@
+"""The Board API and its in-process backend: crossbar tiles of fitted devices driven by the numba controller.
+
+Training, characterisation and streaming code talk to a `Board` and never to kernels. `InProcessBoard` runs the
+firmware model in this process; a serial backend (hardware-in-the-loop) implements the same methods later.
+A `Tile` is usable on its own from a notebook: build it from a card, then forward / backward / update / calibrate,
+and read its exact counters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from firmware_model import controller as ctl
+from firmware_model import crossbar, fixed
+
+from .devices import DeviceCard, DeviceVariation, PiecewiseStepModel, load_card
+from .errors import EdgelearnError
+
+_FOLD_LIMIT = 2**31 - 1  # per-device int32 pulse counts are folded into int64 totals before they could reach this
+
+
+class PeripheryConfig(BaseModel):
+    """DAC / ADC and management settings (defaults: aihwkit IOParameters)."""
+
+    model_config = ConfigDict(extra="forbid")
+    dac_bits: int = Field(7, ge=2, le=16, description="signed input DAC resolution, bits")
+    inp_bound: float = Field(1.0, gt=0, description="input range of the DAC (normalised units)")
+    adc_bits: int = Field(9, ge=2, le=16, description="signed output ADC resolution, bits")
+    out_bound: float = Field(12.0, gt=0, description="output range of the ADC (normalised units)")
+    out_noise: float = Field(0.06, ge=0, description="std of Gaussian output noise per MVM (normalised units)")
+    noise_management: Literal["abs_max", "none"] = Field("abs_max", description="input scaling before the DAC")
+    bound_management: Literal["iterative", "none"] = Field("iterative", description="halve inputs on ADC overflow")
+    max_bm_rounds: int = Field(10, ge=0, description="most extra passes of iterative bound management")
+
+
+class PulseConfig(BaseModel):
+    """How the controller turns an update into pulses."""
+
+    model_config = ConfigDict(extra="forbid")
+    bl_max: int = Field(31, ge=1, le=31, description="longest stochastic pulse train (BL)")
+    update_management: bool = Field(True, description="balance the x and d train probabilities (aihwkit UM)")
+    dw_min: float | None = Field(None, gt=0, description="step used for BL and train probabilities; default the "
+                                 "card's aihwkit dw_min (larger step at w = 0)")
+    chi_frac_bits: int = Field(24, ge=8, le=28, description="fraction bits of the int32 mixed-precision accumulator")
+    max_pulses_per_update: int = Field(0, ge=0, description="mixed precision: most pulses per device per step (0: no cap)")
+
+
+@dataclass
+class CounterReport:
+    """Exact event counts of one tile (or a whole board): plain integers, ready for an energy model."""
+
+    counts: dict[str, int]
+    pulses_per_device_up: np.ndarray = field(repr=False)
+    pulses_per_device_down: np.ndarray = field(repr=False)
+    reference_pulses_up: np.ndarray = field(repr=False)
+    reference_pulses_down: np.ndarray = field(repr=False)
+
+    @property
+    def total_pulses(self) -> int:
+        c = self.counts
+        return c["pulses_up"] + c["pulses_down"] + c["calibration_pulses_up"] + c["calibration_pulses_down"]
+
+    def to_dict(self) -> dict:
+        return dict(self.counts, total_pulses=self.total_pulses,
+                    max_pulses_per_device=int(max(self.pulses_per_device_up.max(initial=0),
+                                                  self.pulses_per_device_down.max(initial=0))))
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps(self.to_dict(), indent=2)
+
+
+@dataclass
+class CalibrationResult:
+    """Outcome of the in-situ symmetry-point calibration of a tile."""
+
+    symmetry_points: np.ndarray = field(repr=False)
+    pairs: np.ndarray = field(repr=False)
+    pulses: int
+    reference_missed: int
+
+    def to_dict(self) -> dict:
+        sp = self.symmetry_points
+        return dict(pulses=self.pulses, reference_missed=self.reference_missed, mean_symmetry_point=float(sp.mean()),
+                    std_symmetry_point=float(sp.std()), mean_pairs=float(self.pairs.mean()))
+
+
+def _device_params(model: PiecewiseStepModel, variation: DeviceVariation, rows: int, cols: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Per-device scale_up, scale_down, w_min, w_max, inv_span with aihwkit's device-to-device conventions."""
+    shape = (rows, cols)
+    gain = 1.0 + variation.dw_min_dtod * rng.standard_normal(shape)
+    r = variation.up_down_dtod * rng.standard_normal(shape)
+    up_bias, down_bias = min(model.up_down, 0.0), -max(model.up_down, 0.0)
+    params = np.empty((rows, cols, crossbar.N_PARAMS))
+    params[..., crossbar.P_SCALE_UP] = np.abs(up_bias + gain + r) * model.dw_min_aihwkit
+    params[..., crossbar.P_SCALE_DOWN] = np.abs(down_bias + gain - r) * model.dw_min_aihwkit
+    w_max = model.w_max * (1.0 + variation.w_max_dtod * rng.standard_normal(shape))
+    w_min = model.w_min * (1.0 + variation.w_min_dtod * rng.standard_normal(shape))
+    params[..., crossbar.P_W_MIN] = w_min
+    params[..., crossbar.P_W_MAX] = w_max
+    params[..., crossbar.P_INV_SPAN] = (len(model.piecewise_up) - 1) / (w_max - w_min)
+    return params
+
+
+def _vector(values, length: int, name: str) -> np.ndarray:
+    """A contiguous float64 vector of the right length with finite values, or a one-line error."""
+    v = np.ascontiguousarray(values, np.float64)
+    if v.shape != (length,):
+        raise EdgelearnError(f"{name} must have shape ({length},), got {v.shape}")
+    if not np.isfinite(v).all():
+        raise EdgelearnError(f"{name} has non-finite values (NaN or inf) at positions "
+                             f"{np.nonzero(~np.isfinite(v))[0][:5].tolist()}")
+    return v
+
+
+class Tile:
+    """A rows x cols crossbar of one device type (a card), with optional reference devices, driven by the controller.
+
+    Weights live in the devices: w = state (- reference state). Each device's step scales and bounds are drawn once
+    from the card's device-to-device variation (`variation` overrides it); `c2c_std` overrides the card's
+    cycle-to-cycle sigma. One seed drives everything random in the tile.
+    """
+
+    def __init__(self, card: DeviceCard | PiecewiseStepModel | str, rows: int, cols: int, *, seed: int = 0,
+                 variation: DeviceVariation | None = None, c2c_std: float | None = None, references: bool = False,
+                 periphery: PeripheryConfig | None = None, pulses: PulseConfig | None = None):
+        if rows < 1 or cols < 1:
+            raise EdgelearnError(f"tile size must be positive, got {rows} x {cols}")
+        if isinstance(card, str):
+            card = load_card(card)
+        model = card.model if isinstance(card, DeviceCard) else card
+        if variation is None:
+            variation = card.variation if isinstance(card, DeviceCard) else DeviceVariation(
+                dw_min_dtod=0.0, up_down_dtod=0.0, w_min_dtod=0.0, w_max_dtod=0.0, source="none")
+        self.card_id = card.card_id if isinstance(card, DeviceCard) else "model"
+        self.model, self.variation = model, variation
+        self.rows, self.cols, self.seed = rows, cols, seed
+        self.c2c_std = model.dw_min_std if c2c_std is None else float(c2c_std)
+        self.periphery = periphery or PeripheryConfig()
+        self.pulse_config = pulses or PulseConfig()
+        self.dw_min = self.pulse_config.dw_min or model.dw_min_aihwkit
+        host_rng = np.random.default_rng(seed)
+        self.table_up = np.asarray(model.piecewise_up, np.float64)
+        self.table_down = np.asarray(model.piecewise_down, np.float64)
+        self.params = _device_params(model, variation, rows, cols, host_rng)
+        self.state = np.zeros((rows, cols))
+        np.clip(self.state, self.params[..., crossbar.P_W_MIN], self.params[..., crossbar.P_W_MAX], out=self.state)
+        self.references = references
+        self.ref_params = _device_params(model, variation, rows, cols, host_rng) if references else self.params
+        self.ref_state = np.zeros((rows, cols))
+        self.rng = fixed.seed_state(int(host_rng.integers(2**63)))
+        self.normal_table = fixed.normal_table()
+        self.chi = np.zeros((rows, cols), np.int32)
+        self._x_q = np.zeros(cols, np.int32)
+        self._row_mult = np.zeros(rows, np.int32)
+        self._fwd_codes = np.zeros(rows, np.int32)
+        self._bwd_codes = np.zeros(cols, np.int32)
+        self.reset_counters()
+
+    # -- weights ---------------------------------------------------------------------------------------------------
+    @property
+    def weights(self) -> np.ndarray:
+        """Current weights (device minus reference where references are used); a copy."""
+        return self.state - self.ref_state if self.references else self.state.copy()
+
+    def set_weights(self, w: np.ndarray) -> None:
+        """Set device states directly (factory initialisation, not counted), clipped to each device's bounds."""
+        w = np.asarray(w, float)
+        if w.shape != (self.rows, self.cols):
+            raise EdgelearnError(f"weights must have shape {(self.rows, self.cols)}, got {w.shape}")
+        target = w + self.ref_state if self.references else w
+        np.clip(target, self.params[..., crossbar.P_W_MIN], self.params[..., crossbar.P_W_MAX], out=self.state)
+
+    # -- periphery ---------------------------------------------------------------------------------------------------
+    def _mvm(self, vec, transpose, codes):
+        p = self.periphery
+        vec = _vector(vec, self.rows if transpose else self.cols, "backward input" if transpose else "forward input")
+        scale = ctl.mvm(self.state, self.ref_state, self.references, vec, transpose, p.dac_bits, p.inp_bound,
+                        p.adc_bits, p.out_bound, p.out_noise, ctl.NM_ABS_MAX if p.noise_management == "abs_max"
+                        else ctl.NM_NONE, p.bound_management == "iterative", p.max_bm_rounds, self.rng,
+                        self.normal_table, codes, self.counters)
+        return codes, scale
+
+    def forward_codes(self, x) -> tuple[np.ndarray, float]:
+        """Forward MVM: (ADC codes, scale); the digital output is codes * scale."""
+        codes, scale = self._mvm(x, False, self._fwd_codes)
+        return codes.copy(), scale
+
+    def forward(self, x) -> np.ndarray:
+        codes, scale = self._mvm(x, False, self._fwd_codes)
+        return codes * scale
+
+    def backward(self, d) -> np.ndarray:
+        codes, scale = self._mvm(d, True, self._bwd_codes)
+        return codes * scale
+
+    # -- updates -------------------------------------------------------------------------------------------------
+    def update_sgd(self, x, d, lr: float) -> int:
+        """Pulsed rank-1 update W <- W - lr d x^T with stochastic trains; returns the pulses applied."""
+        x, d = _vector(x, self.cols, "x"), _vector(d, self.rows, "d")
+        pc = self.pulse_config
+        n = ctl.stochastic_update(self.state, self.params, self.table_up, self.table_down, self.c2c_std, x, d,
+                                  float(lr), self.dw_min, pc.bl_max, pc.update_management, self.rng,
+                                  self.normal_table, self.device_pulses, self.counters)
+        self._account(pc.bl_max)
+        return int(n)
+
+    def update_mp(self, x, d, lr: float, epsilon: float | None = None, epsilon_down: float | None = None) -> int:
+        """Mixed-precision step: chi += -lr d x^T (int32, Q with chi_frac_bits), pulses where |chi| >= epsilon.
+        epsilon defaults to the card's granularity; epsilon_down (if given) is the threshold for down pulses."""
+        x, d = _vector(x, self.cols, "x"), _vector(d, self.rows, "d")
+        pc = self.pulse_config
+        unit = 2.0 ** pc.chi_frac_bits
+        eps_up = epsilon if epsilon is not None else self.granularity
+        eps_down = epsilon_down if epsilon_down is not None else eps_up
+        eps_up_q, eps_down_q = int(round(eps_up * unit)), int(round(eps_down * unit))
+        if not (0 < eps_up_q < 2**31 and 0 < eps_down_q < 2**31):
+            raise EdgelearnError(f"epsilon {eps_up}/{eps_down} does not fit the Q{31 - pc.chi_frac_bits}."
+                                 f"{pc.chi_frac_bits} accumulator")
+        ctl.chi_increments(x, d, float(lr), pc.chi_frac_bits, self._x_q, self._row_mult)
+        n = ctl.mp_update(self.state, self.params, self.table_up, self.table_down, self.c2c_std, self.chi,
+                          self._x_q, self._row_mult, eps_up_q, eps_down_q, pc.max_pulses_per_update, self.rng,
+                          self.normal_table, self.device_pulses, self.counters)
+        self._account(max(1, pc.max_pulses_per_update) if pc.max_pulses_per_update else 2**20)
+        return int(n)
+
+    @property
+    def granularity(self) -> float:
+        """Mean of the up and down step at w = 0 of the nominal device (the card's epsilon)."""
+        m = self.model
+        return 0.5 * (float(m.step_up(0.0)) + float(m.step_down(0.0)))
+
+    # -- calibration -----------------------------------------------------------------------------------------------
+    def calibrate_symmetry(self, window: int = 20, max_pairs: int = 5000, tolerance: float | None = None,
+                           reference_tolerance: float | None = None, max_program_pulses: int = 2000
+                           ) -> CalibrationResult:
+        """Symmetry-point shifting: find each trainable device's symmetry point by alternating up/down pulses until
+        it settles (it stays there), then program its reference device to that point by write-verify, so that the
+        weight (device - reference) is 0 where the device drifts to. All pulses count as calibration."""
+        if not self.references:
+            raise EdgelearnError("calibrate_symmetry needs a tile built with references=True")
+        eps = self.granularity
+        tolerance = 0.25 * eps if tolerance is None else tolerance
+        reference_tolerance = 0.5 * eps if reference_tolerance is None else reference_tolerance
+        settled = np.zeros((self.rows, self.cols))
+        pairs = np.zeros((self.rows, self.cols), np.int64)
+        before = self.counters[ctl.C_CAL_PULSES_UP] + self.counters[ctl.C_CAL_PULSES_DOWN]
+        ctl.symmetry_search(self.state, self.params, self.table_up, self.table_down, self.c2c_std, 0, window,
+                            max_pairs, tolerance, self.rng, self.normal_table, settled, pairs, self.device_pulses,
+                            self.counters)
+        missed = ctl.program_to(self.ref_state, self.ref_params, self.table_up, self.table_down, self.c2c_std, 1,
+                                settled, reference_tolerance, max_program_pulses, self.rng, self.normal_table,
+                                self.device_pulses, self.counters)
+        self._account(2 * max(max_pairs, max_program_pulses))
+        after = self.counters[ctl.C_CAL_PULSES_UP] + self.counters[ctl.C_CAL_PULSES_DOWN]
+        return CalibrationResult(settled, pairs, int(after - before), int(missed))
+
+    # -- counters ------------------------------------------------------------------------------------------------
+    def reset_counters(self) -> None:
+        self.counters = np.zeros(ctl.N_COUNTERS, np.int64)
+        self.device_pulses = np.zeros((2, self.rows, self.cols, 2), np.int32)
+        self._device_totals = np.zeros((2, self.rows, self.cols, 2), np.int64)
+        self._pulses_since_fold = 0
+
+    def _account(self, most_per_device: int) -> None:
+        """Fold int32 per-device counts into int64 totals before the next call could overflow them."""
+        self._pulses_since_fold += most_per_device
+        if self._pulses_since_fold >= _FOLD_LIMIT - 2**21:
+            self._device_totals += self.device_pulses
+            self.device_pulses[:] = 0
+            self._pulses_since_fold = 0
+
+    def counter_report(self) -> CounterReport:
+        totals = self._device_totals + self.device_pulses
+        return CounterReport(counts={name: int(v) for name, v in zip(ctl.COUNTER_NAMES, self.counters)},
+                             pulses_per_device_up=totals[0, ..., 0], pulses_per_device_down=totals[0, ..., 1],
+                             reference_pulses_up=totals[1, ..., 0], reference_pulses_down=totals[1, ..., 1])
+
+
+class Board(Protocol):
+    """What training, characterisation and streaming code may ask of a board (in-process, emulated or real)."""
+
+    def add_tile(self, card: DeviceCard | str, rows: int, cols: int, **options) -> int: ...
+    def forward(self, tile: int, x: np.ndarray) -> np.ndarray: ...
+    def backward(self, tile: int, d: np.ndarray) -> np.ndarray: ...
+    def update_sgd(self, tile: int, x: np.ndarray, d: np.ndarray, lr: float) -> int: ...
+    def update_mp(self, tile: int, x: np.ndarray, d: np.ndarray, lr: float, epsilon: float | None = None) -> int: ...
+    def calibrate_symmetry(self, tile: int, **options) -> CalibrationResult: ...
+    def read_weights(self, tile: int) -> np.ndarray: ...
+    def set_weights(self, tile: int, w: np.ndarray) -> None: ...
+    def counters(self) -> CounterReport: ...
+
+
+class InProcessBoard:
+    """The firmware model running in this process: tiles addressed by integer ids, one seed for the board."""
+
+    def __init__(self, seed: int = 0, periphery: PeripheryConfig | None = None, pulses: PulseConfig | None = None):
+        self.seed = seed
+        self.periphery = periphery
+        self.pulses = pulses
+        self.tiles: list[Tile] = []
+
+    def add_tile(self, card, rows, cols, **options) -> int:
+        options.setdefault("seed", self.seed * 1_000_003 + len(self.tiles))
+        options.setdefault("periphery", self.periphery)
+        options.setdefault("pulses", self.pulses)
+        self.tiles.append(Tile(card, rows, cols, **options))
+        return len(self.tiles) - 1
+
+    def _tile(self, tile: int) -> Tile:
+        if not 0 <= tile < len(self.tiles):
+            raise EdgelearnError(f"no tile {tile} on this board ({len(self.tiles)} tiles)")
+        return self.tiles[tile]
+
+    def forward(self, tile, x):
+        return self._tile(tile).forward(x)
+
+    def backward(self, tile, d):
+        return self._tile(tile).backward(d)
+
+    def update_sgd(self, tile, x, d, lr):
+        return self._tile(tile).update_sgd(x, d, lr)
+
+    def update_mp(self, tile, x, d, lr, epsilon=None):
+        return self._tile(tile).update_mp(x, d, lr, epsilon)
+
+    def calibrate_symmetry(self, tile, **options):
+        return self._tile(tile).calibrate_symmetry(**options)
+
+    def read_weights(self, tile):
+        return self._tile(tile).weights
+
+    def set_weights(self, tile, w):
+        self._tile(tile).set_weights(w)
+
+    def counters(self) -> CounterReport:
+        """All tiles' counters summed (per-device arrays concatenated along rows)."""
+        reports = [t.counter_report() for t in self.tiles]
+        if not reports:
+            raise EdgelearnError("the board has no tiles")
+        counts = {k: sum(r.counts[k] for r in reports) for k in reports[0].counts}
+        flat = lambda name: np.concatenate([getattr(r, name).ravel() for r in reports])  # noqa: E731
+        return CounterReport(counts, flat("pulses_per_device_up"), flat("pulses_per_device_down"),
+                             flat("reference_pulses_up"), flat("reference_pulses_down"))

@@ -1,0 +1,193 @@
+"""Benchmark of the crossbar emulator on one thread: pulsed tile updates and a full MLP training step.
+
+    python tools/bench_tile.py [--updates 300] [--samples 2000] [--json]
+
+Prints a table; with --json one object with at least `ns_per_cell_update` and `samples_per_s`.
+- ns_per_cell_update: rank-1 pulsed update of a 256x784 tile, batch 1, on the reference workload aihwkit 1.1 was
+  measured on (one thread, this machine class: 9.7 ns): soft-bounds device, dw_min 0.001, bounds +-1, cycle-to-cycle
+  sigma 0.3 of the step, x ~ U[0, 1], d ~ N(0, 0.1^2), lr 0.01, stochastic trains BL <= 31 with update management.
+  Also measured for the bundled ID170ZR5000 20 ns card.
+- samples_per_s: the 784-256-128-10 sigmoid MLP (bias as an extra input column), forward + backward + pulsed `sgd`
+  update of every layer, ID170ZR5000 20 ns card, lr 0.05, batch 1, random inputs (aihwkit: about 400).
+- the same shapes with plain numpy float64 in the same run, as the reference ratio.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from edgelearn.board import Tile  # noqa: E402
+from edgelearn.devices import DeviceVariation, PiecewiseStepModel, load_card  # noqa: E402
+
+NO_VARIATION = DeviceVariation(dw_min_dtod=0.0, up_down_dtod=0.0, w_min_dtod=0.0, w_max_dtod=0.0, source="benchmark")
+ROWS, COLS = 256, 784
+LAYERS = (784, 256, 128, 10)
+
+
+def soft_bounds_reference() -> PiecewiseStepModel:
+    """aihwkit SoftBoundsDevice(dw_min=0.001, w_min=-1, w_max=1): up = dw_min (1 - w), down = dw_min (1 + w)."""
+    return PiecewiseStepModel.from_absolute(-1.0, 1.0, 0.001 * np.array([2.0, 0.0]), 0.001 * np.array([0.0, 2.0]),
+                                            dw_min_std=0.3)
+
+
+def time_tile_updates(tile: Tile, n_updates: int, lr: float, seed: int = 0) -> tuple[float, float]:
+    """(ns per cell per update, pulses per update) over n_updates after warm-up."""
+    rng = np.random.default_rng(seed)
+    xs = rng.uniform(0.0, 1.0, (64, tile.cols))
+    ds = rng.normal(0.0, 0.1, (64, tile.rows))
+    for k in range(10):  # warm-up (compilation is cached, this settles caches and the state)
+        tile.update_sgd(xs[k], ds[k], lr)
+    pulses = 0
+    start = time.perf_counter()
+    for k in range(n_updates):
+        pulses += tile.update_sgd(xs[k % 64], ds[k % 64], lr)
+    elapsed = time.perf_counter() - start
+    return elapsed / n_updates / (tile.rows * tile.cols) * 1e9, pulses / n_updates
+
+
+def time_mp_updates(tile: Tile, n_updates: int, lr: float, seed: int = 0) -> tuple[float, float]:
+    """(ns per cell per mixed-precision step, pulses per step), epsilon = the card's granularity."""
+    rng = np.random.default_rng(seed)
+    xs = rng.uniform(0.0, 1.0, (64, tile.cols))
+    ds = rng.normal(0.0, 0.1, (64, tile.rows))
+    for k in range(10):
+        tile.update_mp(xs[k], ds[k], lr)
+    pulses = 0
+    start = time.perf_counter()
+    for k in range(n_updates):
+        pulses += tile.update_mp(xs[k % 64], ds[k % 64], lr)
+    elapsed = time.perf_counter() - start
+    return elapsed / n_updates / (tile.rows * tile.cols) * 1e9, pulses / n_updates
+
+
+def time_numpy_update(n_updates: int, lr: float) -> float:
+    rng = np.random.default_rng(0)
+    w = rng.uniform(-0.1, 0.1, (ROWS, COLS))
+    xs = rng.uniform(0.0, 1.0, (64, COLS))
+    ds = rng.normal(0.0, 0.1, (64, ROWS))
+    start = time.perf_counter()
+    for k in range(n_updates):
+        w -= lr * np.outer(ds[k % 64], xs[k % 64])
+    return (time.perf_counter() - start) / n_updates / (ROWS * COLS) * 1e9
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def mlp_step_analog(tiles, x, label, lr):
+    """Forward, backward and pulsed update of the sigmoid MLP on tiles (bias = last input column = 1)."""
+    inputs, outputs = [], []
+    a = x
+    for k, tile in enumerate(tiles):
+        a_in = np.append(a, 1.0)
+        z = tile.forward(a_in)
+        inputs.append(a_in)
+        a = _sigmoid(z) if k < len(tiles) - 1 else z
+        outputs.append(a)
+    p = np.exp(a - a.max())
+    p /= p.sum()
+    delta = p
+    delta[label] -= 1.0  # d NLL / d logits
+    for k in range(len(tiles) - 1, -1, -1):
+        if k > 0:
+            back = tiles[k].backward(delta)[:-1]  # no gradient to the bias input
+            next_delta = back * outputs[k - 1] * (1.0 - outputs[k - 1])
+        tiles[k].update_sgd(inputs[k], delta, lr)
+        if k > 0:
+            delta = next_delta
+
+
+def mlp_step_numpy(weights, x, label, lr):
+    inputs, outputs = [], []
+    a = x
+    for k, w in enumerate(weights):
+        a_in = np.append(a, 1.0)
+        z = w @ a_in
+        inputs.append(a_in)
+        a = _sigmoid(z) if k < len(weights) - 1 else z
+        outputs.append(a)
+    p = np.exp(a - a.max())
+    p /= p.sum()
+    delta = p
+    delta[label] -= 1.0
+    for k in range(len(weights) - 1, -1, -1):
+        if k > 0:
+            next_delta = (weights[k].T @ delta)[:-1] * outputs[k - 1] * (1.0 - outputs[k - 1])
+        weights[k] -= lr * np.outer(delta, inputs[k])
+        if k > 0:
+            delta = next_delta
+
+
+def time_mlp(n_samples: int, card) -> tuple[float, float]:
+    rng = np.random.default_rng(1)
+    tiles = [Tile(card, n_out, n_in + 1, seed=k) for k, (n_in, n_out) in enumerate(zip(LAYERS[:-1], LAYERS[1:]))]
+    weights = []
+    for tile in tiles:
+        init = rng.uniform(-1.0, 1.0, (tile.rows, tile.cols)) / np.sqrt(tile.cols)
+        tile.set_weights(init)
+        weights.append(init.copy())
+    xs = rng.uniform(0.0, 1.0, (100, LAYERS[0]))
+    labels = rng.integers(0, 10, 100)
+    for k in range(20):
+        mlp_step_analog(tiles, xs[k], labels[k], 0.05)
+    start = time.perf_counter()
+    for k in range(n_samples):
+        mlp_step_analog(tiles, xs[k % 100], labels[k % 100], 0.05)
+    analog = n_samples / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for k in range(n_samples):
+        mlp_step_numpy(weights, xs[k % 100], labels[k % 100], 0.05)
+    numpy_rate = n_samples / (time.perf_counter() - start)
+    return analog, numpy_rate
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--updates", type=int, default=300, help="timed tile updates (>= 200)")
+    parser.add_argument("--samples", type=int, default=2000, help="timed MLP training samples")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    card = load_card("ID170ZR5000-20ns")
+    ref_tile = Tile(soft_bounds_reference(), ROWS, COLS, seed=0, variation=NO_VARIATION)
+    ns_ref, pulses_ref = time_tile_updates(ref_tile, args.updates, lr=0.01)
+    card_tile = Tile(card, ROWS, COLS, seed=0)
+    ns_card, pulses_card = time_tile_updates(card_tile, args.updates, lr=0.01)
+    ns_mp, pulses_mp = time_mp_updates(Tile(card, ROWS, COLS, seed=0), args.updates, lr=0.5)
+    ns_numpy = time_numpy_update(args.updates, lr=0.01)
+    samples, samples_numpy = time_mlp(args.samples, card)
+    result = dict(ns_per_cell_update=ns_ref, pulses_per_update=pulses_ref, ns_per_cell_update_card=ns_card,
+                  pulses_per_update_card=pulses_card, ns_per_cell_mp_update_card=ns_mp, pulses_per_mp_update_card=pulses_mp,
+                  numpy_ns_per_cell_update=ns_numpy,
+                  samples_per_s=samples, numpy_samples_per_s=samples_numpy, aihwkit_ns_per_cell_update=9.7,
+                  aihwkit_samples_per_s=400.0, tile=f"{ROWS}x{COLS}", updates=args.updates, samples=args.samples,
+                  threads=1)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{'measure':52s} {'edgelearn':>11s} {'numpy float':>12s} {'ratio':>7s} {'aihwkit':>8s}")
+    print(f"{'ns per cell, 256x784 pulsed update (reference)':52s} {ns_ref:11.2f} {ns_numpy:12.2f} "
+          f"{ns_ref / ns_numpy:7.1f} {9.7:8.1f}")
+    print(f"{'  pulses per update':52s} {pulses_ref:11.0f}")
+    print(f"{'ns per cell, 256x784 pulsed update (ID170ZR5000 20ns)':52s} {ns_card:11.2f} {ns_numpy:12.2f} "
+          f"{ns_card / ns_numpy:7.1f}")
+    print(f"{'  pulses per update':52s} {pulses_card:11.0f}")
+    print(f"{'ns per cell, 256x784 mixed-precision step (ID170 20ns)':52s} {ns_mp:11.2f} {ns_numpy:12.2f} "
+          f"{ns_mp / ns_numpy:7.1f}")
+    print(f"{'  pulses per step (lr 0.5, epsilon = granularity)':52s} {pulses_mp:11.0f}")
+    print(f"{'samples/s, 784-256-128-10 sgd, batch 1':52s} {samples:11.0f} {samples_numpy:12.0f} "
+          f"{samples / samples_numpy:7.2f} {400:8.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
