@@ -208,7 +208,7 @@ class Tile:
         n = ctl.stochastic_update(self.state, self.params, self.table_up, self.table_down, self.c2c_std, x, d,
                                   float(lr), self.dw_min, pc.bl_max, pc.update_management, self.rng,
                                   self.normal_table, self.device_pulses, self.counters)
-        self._account(pc.bl_max)
+        self._account(n)
         return int(n)
 
     def update_mp(self, x, d, lr: float, epsilon: float | None = None, epsilon_down: float | None = None) -> int:
@@ -227,7 +227,7 @@ class Tile:
         n = ctl.mp_update(self.state, self.params, self.table_up, self.table_down, self.c2c_std, self.chi,
                           self._x_q, self._row_mult, eps_up_q, eps_down_q, pc.max_pulses_per_update, self.rng,
                           self.normal_table, self.device_pulses, self.counters)
-        self._account(max(1, pc.max_pulses_per_update) if pc.max_pulses_per_update else 2**20)
+        self._account(n)
         return int(n)
 
     @property
@@ -257,8 +257,8 @@ class Tile:
         missed = ctl.program_to(self.ref_state, self.ref_params, self.table_up, self.table_down, self.c2c_std, 1,
                                 settled, reference_tolerance, max_program_pulses, self.rng, self.normal_table,
                                 self.device_pulses, self.counters)
-        self._account(2 * max(max_pairs, max_program_pulses))
         after = self.counters[ctl.C_CAL_PULSES_UP] + self.counters[ctl.C_CAL_PULSES_DOWN]
+        self._account(after - before)
         return CalibrationResult(settled, pairs, int(after - before), int(missed))
 
     # -- counters ------------------------------------------------------------------------------------------------
@@ -268,10 +268,11 @@ class Tile:
         self._device_totals = np.zeros((2, self.rows, self.cols, 2), np.int64)
         self._pulses_since_fold = 0
 
-    def _account(self, most_per_device: int) -> None:
-        """Fold int32 per-device counts into int64 totals before the next call could overflow them."""
-        self._pulses_since_fold += most_per_device
-        if self._pulses_since_fold >= _FOLD_LIMIT - 2**21:
+    def _account(self, pulses: int) -> None:
+        """Fold the int32 per-device counts into int64 totals before they could overflow: no device can have received
+        more pulses since the last fold than the tile as a whole."""
+        self._pulses_since_fold += int(pulses)
+        if self._pulses_since_fold >= _FOLD_LIMIT // 2:
             self._device_totals += self.device_pulses
             self.device_pulses[:] = 0
             self._pulses_since_fold = 0

@@ -68,12 +68,18 @@ def shift_round(value, shift):
 
 
 @njit(cache=True, inline="always")
-def rng_next(state):
-    """xorshift64*: advance state[0] and return a 64-bit draw (uint64)."""
-    x = state[0]
+def xorshift_advance(x):
+    """One xorshift64 step of a uint64 state value (hot loops keep the state in a local variable)."""
     x ^= x >> np.uint64(12)
     x ^= x << np.uint64(25)
     x ^= x >> np.uint64(27)
+    return x
+
+
+@njit(cache=True, inline="always")
+def rng_next(state):
+    """xorshift64*: advance state[0] and return a 64-bit draw (uint64)."""
+    x = xorshift_advance(state[0])
     state[0] = x
     return x * _M64
 
