@@ -192,7 +192,7 @@ def test_non_finite_inputs_are_refused():
 def test_per_device_counts_fold_into_int64_totals():
     tile = Tile(constant_step(0.001), 2, 2, seed=0)
     tile._pulses_since_fold = 2**30 - 1  # as if a billion pulses had been applied since the last fold
-    tile.device_pulses[0, 0, 0, 0] = 2**31 - 100  # near the int32 limit
+    tile.device_pulses[0, 0, 0, 1] = 2**31 - 100  # down pulses of device (0, 0), near the int32 limit
     pulses = tile.update_sgd(np.ones(2), np.array([0.5, 0.5]), 0.01)
     assert pulses > 0 and tile.device_pulses.sum() == 0  # folded
     report = tile.counter_report()
