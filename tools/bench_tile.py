@@ -86,46 +86,41 @@ def _sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def mlp_step_analog(tiles, x, label, lr):
-    """Forward, backward and pulsed update of the sigmoid MLP on tiles (bias = last input column = 1)."""
+class NumpyLayer:
+    """The float64 reference with the tile's interface: the same MLP step code drives both."""
+
+    def __init__(self, w):
+        self.w = w
+
+    def forward(self, x):
+        return self.w @ x
+
+    def backward(self, d):
+        return self.w.T @ d
+
+    def update_sgd(self, x, d, lr):
+        self.w -= lr * np.outer(d, x)
+
+
+def mlp_step(layers, x, label, lr):
+    """Forward, backward and update of the sigmoid MLP (bias = last input column = 1), log-softmax + NLL."""
     inputs, outputs = [], []
     a = x
-    for k, tile in enumerate(tiles):
+    for k, layer in enumerate(layers):
         a_in = np.append(a, 1.0)
-        z = tile.forward(a_in)
+        z = layer.forward(a_in)
         inputs.append(a_in)
-        a = _sigmoid(z) if k < len(tiles) - 1 else z
+        a = _sigmoid(z) if k < len(layers) - 1 else z
         outputs.append(a)
     p = np.exp(a - a.max())
     p /= p.sum()
     delta = p
     delta[label] -= 1.0  # d NLL / d logits
-    for k in range(len(tiles) - 1, -1, -1):
+    for k in range(len(layers) - 1, -1, -1):
         if k > 0:
-            back = tiles[k].backward(delta)[:-1]  # no gradient to the bias input
+            back = layers[k].backward(delta)[:-1]  # no gradient to the bias input
             next_delta = back * outputs[k - 1] * (1.0 - outputs[k - 1])
-        tiles[k].update_sgd(inputs[k], delta, lr)
-        if k > 0:
-            delta = next_delta
-
-
-def mlp_step_numpy(weights, x, label, lr):
-    inputs, outputs = [], []
-    a = x
-    for k, w in enumerate(weights):
-        a_in = np.append(a, 1.0)
-        z = w @ a_in
-        inputs.append(a_in)
-        a = _sigmoid(z) if k < len(weights) - 1 else z
-        outputs.append(a)
-    p = np.exp(a - a.max())
-    p /= p.sum()
-    delta = p
-    delta[label] -= 1.0
-    for k in range(len(weights) - 1, -1, -1):
-        if k > 0:
-            next_delta = (weights[k].T @ delta)[:-1] * outputs[k - 1] * (1.0 - outputs[k - 1])
-        weights[k] -= lr * np.outer(delta, inputs[k])
+        layers[k].update_sgd(inputs[k], delta, lr)
         if k > 0:
             delta = next_delta
 
@@ -133,29 +128,25 @@ def mlp_step_numpy(weights, x, label, lr):
 def time_mlp(n_samples: int, card) -> tuple[float, float]:
     rng = np.random.default_rng(1)
     tiles = [Tile(card, n_out, n_in + 1, seed=k) for k, (n_in, n_out) in enumerate(zip(LAYERS[:-1], LAYERS[1:]))]
-    weights = []
+    floats = []
     for tile in tiles:
         init = rng.uniform(-1.0, 1.0, (tile.rows, tile.cols)) / np.sqrt(tile.cols)
         tile.set_weights(init)
-        weights.append(init.copy())
+        floats.append(NumpyLayer(init.copy()))
     xs = rng.uniform(0.0, 1.0, (100, LAYERS[0]))
     labels = rng.integers(0, 10, 100)
     for k in range(20):
-        mlp_step_analog(tiles, xs[k], labels[k], 0.05)
+        mlp_step(tiles, xs[k], labels[k], 0.05)
 
-    def analog_block():
-        start = time.perf_counter()
-        for k in range(n_samples):
-            mlp_step_analog(tiles, xs[k % 100], labels[k % 100], 0.05)
-        return n_samples / (time.perf_counter() - start)
+    def rate(layers):
+        def block():
+            start = time.perf_counter()
+            for k in range(n_samples):
+                mlp_step(layers, xs[k % 100], labels[k % 100], 0.05)
+            return n_samples / (time.perf_counter() - start)
+        return _blocks(block, 3)[0]
 
-    def numpy_block():
-        start = time.perf_counter()
-        for k in range(n_samples):
-            mlp_step_numpy(weights, xs[k % 100], labels[k % 100], 0.05)
-        return n_samples / (time.perf_counter() - start)
-
-    return _blocks(analog_block, 3)[0], _blocks(numpy_block, 3)[0]
+    return rate(tiles), rate(floats)
 
 
 def main() -> int:
