@@ -19,8 +19,9 @@ import math
 import numpy as np
 from numba import njit
 
-from .crossbar import POLARITY_DOWN, POLARITY_UP, pulse_device
-from .fixed import div_trunc, popcount32, rng_normal, rng_u32, sat_i32, shift_round
+from .crossbar import (P_INV_SPAN, P_SCALE_DOWN, P_SCALE_UP, P_W_MAX, P_W_MIN, POLARITY_DOWN, POLARITY_UP,
+                       pulse_device, step_state)
+from .fixed import div_trunc, lowest_set_bit, popcount32, rng_normal, rng_u32, sat_i32, shift_round
 
 # counter indices
 C_PULSES_UP = 0          # training pulses, up, trainable devices
@@ -177,34 +178,47 @@ def train_length(lr, x_max, d_max, dw_min, bl_max):
 @njit(cache=True)
 def _coincidence_pulses(state, params, table_up, table_down, c2c_std, x, d, x_bits, d_bits, rng, normal_table,
                         pulses):
-    """The hot loop of the stochastic update. Returns (pulses, of which down)."""
+    """The hot loop of the stochastic update: every coincidence of row i's and column j's trains is a pulse on device
+    (i, j), down when d_i x_j > 0. Devices are visited row by row, columns ascending. Returns (pulses, of which down).
+
+    Written for the branch predictor: per row and block of 64 columns, a bit mask marks the devices with at least one
+    coincidence and the loop walks its set bits (cttz), instead of testing every device (a mispredicted branch for
+    about a third of them). Measured 10-15 % faster than the per-device test; see docs/architecture.md.
+    """
     rows, cols = state.shape
     total = 0
-    for i in range(rows):
-        word = d_bits[i]
-        if word == 0:
-            continue
-        d_pos = d[i] > 0.0
-        for j in range(cols):
-            n = popcount32(word & x_bits[j])
-            if n == 0:
-                continue
-            down = d_pos == (x[j] > 0.0)  # descent: d x > 0 lowers the weight
-            pulse_device(state, params, i, j, n, POLARITY_DOWN if down else POLARITY_UP, table_up, table_down,
-                         c2c_std, rng, normal_table)
-            pulses[i, j, 1 if down else 0] += np.int32(n)  # no branch around stores
-            total += n
-    # the down pulses are counted in a second pass over the bit words: counting them inside the loop above made
-    # the whole loop 3-4x slower (measured), the pass costs about 0.3 ns per cell
     n_down = 0
     for i in range(rows):
         word = d_bits[i]
         if word == 0:
             continue
         d_pos = d[i] > 0.0
-        for j in range(cols):
-            if d_pos == (x[j] > 0.0):
-                n_down += popcount32(word & x_bits[j])
+        for base in range(0, cols, 64):
+            end = min(base + 64, cols)
+            mask = np.uint64(0)
+            for j in range(base, end):
+                hit = np.uint64(1) if (word & x_bits[j]) != 0 else np.uint64(0)
+                mask |= hit << np.uint64(j - base)
+            while mask != 0:
+                j = base + lowest_set_bit(mask)
+                mask &= mask - np.uint64(1)
+                n = popcount32(word & x_bits[j])
+                down = d_pos == (x[j] > 0.0)
+                polarity = POLARITY_DOWN if down else POLARITY_UP
+                w = state[i, j]
+                scale_up = params[i, j, P_SCALE_UP]
+                scale_down = params[i, j, P_SCALE_DOWN]
+                w_min = params[i, j, P_W_MIN]
+                w_max = params[i, j, P_W_MAX]
+                inv_span = params[i, j, P_INV_SPAN]
+                for _ in range(n):  # pulse_device, inlined by hand: the call form was slower in this loop
+                    noise = c2c_std * rng_normal(rng, normal_table) if c2c_std > 0.0 else 0.0
+                    w = step_state(w, polarity, table_up, table_down, scale_up, scale_down, w_min, w_max, inv_span,
+                                   noise)
+                state[i, j] = w
+                pulses[i, j, 1 if down else 0] += np.int32(n)
+                total += n
+                n_down += n if down else 0
     return total, n_down
 
 

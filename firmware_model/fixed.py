@@ -13,6 +13,7 @@ standard normals come from a 2^12-entry quantile table (32 KB, stays in L1) inde
 
 import numpy as np
 from numba import njit, types
+from llvmlite import ir
 from numba.extending import intrinsic
 
 INT32_MIN = -(2**31)
@@ -133,3 +134,21 @@ def _ctpop(typingctx, value):
 def popcount32(value):
     """Number of set bits of a uint32 (the controller's coincidence counter)."""
     return np.int64(_ctpop(np.uint32(value)))
+
+
+@intrinsic
+def _cttz(typingctx, value):
+    """LLVM's cttz (one TZCNT/BSF instruction) on a non-zero unsigned integer."""
+    if not isinstance(value, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
+
+    return value(value), codegen
+
+
+@njit(cache=True, inline="always")
+def lowest_set_bit(mask):
+    """Index of the lowest set bit of a non-zero uint64 (iterating set bits skips zeros without branching on them)."""
+    return np.int64(_cttz(np.uint64(mask)))
