@@ -200,6 +200,34 @@ class Tile:
         codes, scale = self._mvm(d, True, self._bwd_codes)
         return codes * scale
 
+    def _matrix(self, values, width: int, name: str) -> np.ndarray:
+        m = np.ascontiguousarray(values, np.float64)
+        if m.ndim != 2 or m.shape[1] != width:
+            raise EdgelearnError(f"{name} must have shape (batch, {width}), got {m.shape}")
+        if not np.isfinite(m).all():
+            raise EdgelearnError(f"{name} has non-finite values (NaN or inf)")
+        return m
+
+    def _mvm_batch(self, vecs, transpose):
+        p = self.periphery
+        vecs = self._matrix(vecs, self.rows if transpose else self.cols, "backward batch" if transpose else
+                            "forward batch")
+        codes = np.empty((vecs.shape[0], self.cols if transpose else self.rows), np.int32)
+        scales = np.empty(vecs.shape[0])
+        ctl.mvm_batch(self.state, self.ref_state, self.references, vecs, transpose, p.dac_bits, p.inp_bound,
+                      p.adc_bits, p.out_bound, p.out_noise, ctl.NM_ABS_MAX if p.noise_management == "abs_max"
+                      else ctl.NM_NONE, p.bound_management == "iterative", p.max_bm_rounds, self.rng,
+                      self.normal_table, codes, scales, self.counters)
+        return codes * scales[:, None]
+
+    def forward_batch(self, xs) -> np.ndarray:
+        """forward for each row of xs (batch, cols) -> (batch, rows)."""
+        return self._mvm_batch(xs, False)
+
+    def backward_batch(self, ds) -> np.ndarray:
+        """backward for each row of ds (batch, rows) -> (batch, cols)."""
+        return self._mvm_batch(ds, True)
+
     # -- updates -------------------------------------------------------------------------------------------------
     def update_sgd(self, x, d, lr: float) -> int:
         """Pulsed rank-1 update W <- W - lr d x^T with stochastic trains; returns the pulses applied."""
@@ -216,6 +244,46 @@ class Tile:
         epsilon defaults to the card's granularity; epsilon_down (if given) is the threshold for down pulses."""
         x, d = _vector(x, self.cols, "x"), _vector(d, self.rows, "d")
         pc = self.pulse_config
+        eps_up_q, eps_down_q = self._epsilon_codes(epsilon, epsilon_down)
+        ctl.chi_increments(x, d, float(lr), pc.chi_frac_bits, self._x_q, self._row_mult)
+        n = ctl.mp_update(self.state, self.params, self.table_up, self.table_down, self.c2c_std, self.chi,
+                          self._x_q, self._row_mult, eps_up_q, eps_down_q, pc.max_pulses_per_update, self.rng,
+                          self.normal_table, self.device_pulses, self.counters)
+        self._account(n)
+        return int(n)
+
+    def update_sgd_batch(self, xs, ds, lr: float) -> int:
+        """One stochastic pulsed rank-1 update per sample of a mini-batch (in order); returns the pulses."""
+        xs, ds = self._matrix(xs, self.cols, "x batch"), self._matrix(ds, self.rows, "d batch")
+        if xs.shape[0] != ds.shape[0]:
+            raise EdgelearnError(f"x and d batches differ in length: {xs.shape[0]} and {ds.shape[0]}")
+        pc = self.pulse_config
+        n = ctl.stochastic_update_batch(self.state, self.params, self.table_up, self.table_down, self.c2c_std, xs,
+                                        ds, float(lr), self.dw_min, pc.bl_max, pc.update_management, self.rng,
+                                        self.normal_table, self.device_pulses, self.counters)
+        self._account(n)
+        return int(n)
+
+    def update_mp_batch(self, xs, ds, lr: float, epsilon: float | None = None,
+                        epsilon_down: float | None = None) -> int:
+        """Mixed-precision step for a mini-batch: the controller sums d x^T over the batch (counted as digital MACs),
+        chi += round(-lr * sum * 2^F), then pulses where |chi| >= epsilon, as update_mp."""
+        xs, ds = self._matrix(xs, self.cols, "x batch"), self._matrix(ds, self.rows, "d batch")
+        if xs.shape[0] != ds.shape[0]:
+            raise EdgelearnError(f"x and d batches differ in length: {xs.shape[0]} and {ds.shape[0]}")
+        pc = self.pulse_config
+        eps_up_q, eps_down_q = self._epsilon_codes(epsilon, epsilon_down)
+        gradient = ds.T @ xs
+        self.counters[ctl.C_MACS] += xs.shape[0] * self.rows * self.cols
+        n = ctl.mp_update_dense(self.state, self.params, self.table_up, self.table_down, self.c2c_std, self.chi,
+                                gradient, -float(lr) * 2.0 ** pc.chi_frac_bits, eps_up_q, eps_down_q,
+                                pc.max_pulses_per_update, self.rng, self.normal_table, self.device_pulses,
+                                self.counters)
+        self._account(n)
+        return int(n)
+
+    def _epsilon_codes(self, epsilon, epsilon_down) -> tuple[int, int]:
+        pc = self.pulse_config
         unit = 2.0 ** pc.chi_frac_bits
         eps_up = epsilon if epsilon is not None else self.granularity
         eps_down = epsilon_down if epsilon_down is not None else eps_up
@@ -223,12 +291,27 @@ class Tile:
         if not (0 < eps_up_q < 2**31 and 0 < eps_down_q < 2**31):
             raise EdgelearnError(f"epsilon {eps_up}/{eps_down} does not fit the Q{31 - pc.chi_frac_bits}."
                                  f"{pc.chi_frac_bits} accumulator")
-        ctl.chi_increments(x, d, float(lr), pc.chi_frac_bits, self._x_q, self._row_mult)
-        n = ctl.mp_update(self.state, self.params, self.table_up, self.table_down, self.c2c_std, self.chi,
-                          self._x_q, self._row_mult, eps_up_q, eps_down_q, pc.max_pulses_per_update, self.rng,
-                          self.normal_table, self.device_pulses, self.counters)
-        self._account(n)
-        return int(n)
+        return eps_up_q, eps_down_q
+
+    # -- checkpoints -----------------------------------------------------------------------------------------------
+    _STATE_FIELDS = ("state", "ref_state", "params", "ref_params", "chi", "rng", "counters", "device_pulses",
+                     "_device_totals")
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Everything that changes while the tile runs (for checkpoints); configuration is rebuilt from the card."""
+        out = {name: np.array(getattr(self, name), copy=True) for name in self._STATE_FIELDS}
+        out["_pulses_since_fold"] = np.array(self._pulses_since_fold)
+        return out
+
+    def load_state_dict(self, data: dict[str, np.ndarray]) -> None:
+        for name in self._STATE_FIELDS:
+            current = getattr(self, name)
+            value = np.asarray(data[name])
+            if value.shape != current.shape or value.dtype != current.dtype:
+                raise EdgelearnError(f"checkpoint field {name}: shape {value.shape} {value.dtype}, expected "
+                                     f"{current.shape} {current.dtype} (another network or card?)")
+            setattr(self, name, value.copy())
+        self._pulses_since_fold = int(data["_pulses_since_fold"])
 
     @property
     def granularity(self) -> float:

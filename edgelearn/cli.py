@@ -99,6 +99,33 @@ def cmd_trace_import(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .train import TrainConfig, train
+
+    if args.data_dir is None:
+        raise EdgelearnError("--data-dir: give the directory holding the four MNIST IDX files "
+                             "(train-images-idx3-ubyte.gz, ...)")
+    config = TrainConfig(card=args.card, algorithm=args.algorithm, network=args.network, activation=args.activation,
+                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step,
+                         lr_gamma=args.lr_gamma, seed=args.seed, max_train_samples=args.max_train_samples,
+                         data_dir=args.data_dir, epsilon=args.epsilon, max_tile_rows=args.max_tile,
+                         max_tile_cols=args.max_tile)
+    result = train(config, out=args.out, resume=args.resume, progress=not args.quiet)
+    last = result.epochs[-1]
+    summary = dict(card_id=result.card_id, algorithm=config.algorithm, epochs=len(result.epochs),
+                   validation_accuracy=last.validation_accuracy, test_accuracy=result.test_accuracy,
+                   pulses_up=result.counters.get("pulses_up", 0), pulses_down=result.counters.get("pulses_down", 0),
+                   calibration_pulses=result.counters.get("calibration_pulses_up", 0)
+                   + result.counters.get("calibration_pulses_down", 0), wall_s=result.wall_s)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_table(summary)
+        if args.out:
+            print(f"wrote {args.out}/metrics.csv, {args.out}/summary.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgelearn", description="Emulate on-device learning on ferroelectric "
                                      "synaptic crossbars.")
@@ -133,6 +160,27 @@ def build_parser() -> argparse.ArgumentParser:
     lst = dev.add_parser("list", help="list the bundled cards")
     lst.add_argument("--json", action="store_true", help="print as JSON")
     lst.set_defaults(func=cmd_device_list)
+
+    tr_ = top.add_parser("train", help="train the MNIST MLP on emulated crossbars (or the digital baseline)")
+    tr_.add_argument("--card", help="device card file or bundled name (not needed for --algorithm digital)")
+    tr_.add_argument("--algorithm", choices=["sgd", "mp", "sp-shift", "digital"], default="mp")
+    tr_.add_argument("--epochs", type=int, default=25)
+    tr_.add_argument("--batch-size", type=int, default=64)
+    tr_.add_argument("--lr", type=float, default=0.5)
+    tr_.add_argument("--lr-step", type=int, default=10, help="epochs between learning-rate decays (default 10)")
+    tr_.add_argument("--lr-gamma", type=float, default=0.5, help="decay factor (default 0.5)")
+    tr_.add_argument("--seed", type=int, default=0)
+    tr_.add_argument("--max-train-samples", type=int, help="use only the first K of the 48k training images")
+    tr_.add_argument("--data-dir", help="directory with the four MNIST IDX files")
+    tr_.add_argument("--network", default="paper", help="network preset (default: paper, 784-256-128-10)")
+    tr_.add_argument("--activation", default="sigmoid", choices=["sigmoid", "relu"])
+    tr_.add_argument("--epsilon", type=float, help="mp threshold (default: the card's granularity)")
+    tr_.add_argument("--max-tile", type=int, default=1024, help="largest tile side; larger layers are split")
+    tr_.add_argument("--out", help="directory for metrics.csv, summary.json and checkpoints")
+    tr_.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    tr_.add_argument("--quiet", action="store_true", help="no progress bars")
+    tr_.add_argument("--json", action="store_true", help="print the summary as JSON")
+    tr_.set_defaults(func=cmd_train)
 
     trace = top.add_parser("trace", help="convert measured traces")
     tr = trace.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")

@@ -384,3 +384,66 @@ def program_to(state, params, table_up, table_down, c2c_std, device_set, target,
             if abs(state[i, j] - target[i, j]) > tolerance:
                 missed += 1
     return missed
+
+
+@njit(cache=True)
+def mvm_batch(state, ref_state, use_ref, vecs, transpose, dac_bits, inp_bound, adc_bits, out_bound, out_noise,
+              noise_management, bound_management, max_bm_rounds, rng, normal_table, codes, scales, counters):
+    """mvm for each row of `vecs` (a mini-batch), sample by sample with per-sample noise and bound management:
+    codes[b] and scales[b] are what mvm returns for vecs[b]."""
+    for b in range(vecs.shape[0]):
+        scales[b] = mvm(state, ref_state, use_ref, vecs[b], transpose, dac_bits, inp_bound, adc_bits, out_bound,
+                        out_noise, noise_management, bound_management, max_bm_rounds, rng, normal_table, codes[b],
+                        counters)
+
+
+@njit(cache=True)
+def stochastic_update_batch(state, params, table_up, table_down, c2c_std, xs, ds, lr, dw_min, bl_max,
+                            update_management, rng, normal_table, device_pulses, counters):
+    """One stochastic rank-1 update per sample of a mini-batch, in order (aihwkit's pulsed update of a batch).
+    Returns the pulses applied."""
+    total = 0
+    for b in range(xs.shape[0]):
+        total += stochastic_update(state, params, table_up, table_down, c2c_std, xs[b], ds[b], lr, dw_min, bl_max,
+                                   update_management, rng, normal_table, device_pulses, counters)
+    return total
+
+
+@njit(cache=True)
+def mp_update_dense(state, params, table_up, table_down, c2c_std, chi, gradient, scale, eps_up_q, eps_down_q,
+                    max_pulses, rng, normal_table, device_pulses, counters):
+    """Mixed-precision step from a dense gradient (the controller's MAC unit summed d x^T over a mini-batch):
+    chi_ij += round(scale * gradient_ij) saturating (scale = -lr 2^F), then the same threshold and pulses as
+    mp_update. Returns the pulses applied."""
+    rows, cols = state.shape
+    counters[C_UPDATES] += 1
+    eps_up = np.int64(eps_up_q)
+    eps_down = np.int64(eps_down_q)
+    total = 0
+    net_up = 0
+    pulses = device_pulses[0]
+    for i in range(rows):
+        for j in range(cols):
+            v = min(max(round_half_away(scale * gradient[i, j]), -2147483648.0), 2147483647.0)
+            c = np.int64(sat_i32(np.int64(chi[i, j]) + np.int64(v)))
+            if -eps_down < c < eps_up:
+                chi[i, j] = np.int32(c)
+                continue
+            eps = eps_up if c > 0 else eps_down
+            n = div_trunc(c, eps)
+            if max_pulses > 0:
+                n = min(max(n, -max_pulses), max_pulses)
+            chi[i, j] = np.int32(c - n * eps)
+            if n == 0:
+                continue
+            down = n < 0
+            count = -n if down else n
+            pulse_device(state, params, i, j, count, POLARITY_DOWN if down else POLARITY_UP, table_up, table_down,
+                         c2c_std, rng, normal_table)
+            pulses[i, j, 1 if down else 0] += np.int32(count)
+            total += count
+            net_up += n
+    counters[C_PULSES_UP] += (total + net_up) // 2
+    counters[C_PULSES_DOWN] += (total - net_up) // 2
+    counters[C_ACC_UPDATES] += rows * cols
+    return total

@@ -1,0 +1,229 @@
+"""Fully connected networks whose weights live on analog tiles (or in floats, for the digital baseline).
+
+A layer's weight matrix (outputs x inputs + 1, the last column multiplying a constant 1 for the bias) is split over
+tiles of at most max_tile_rows x max_tile_cols; partial outputs of tiles sharing output rows are digitised by each
+tile's ADC and added by the controller. Activations and their derivatives are computed by the controller digitally.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .board import PeripheryConfig, PulseConfig, Tile
+from .devices import DeviceCard, DeviceVariation
+from .errors import EdgelearnError
+
+PRESETS = {"paper": (784, 256, 128, 10)}  # the MLP of arXiv 2509.18121 (sigmoid hidden layers)
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0)))
+
+
+ACTIVATIONS = {
+    # name: (f(z), f'(z) expressed with the output a = f(z))
+    "sigmoid": (_sigmoid, lambda a: a * (1.0 - a)),
+    "relu": (lambda z: np.maximum(z, 0.0), lambda a: (a > 0.0).astype(np.float64)),
+}
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """A preset name ('paper') or layer sizes joined by dashes ('784-64-10')."""
+    if text in PRESETS:
+        return PRESETS[text]
+    try:
+        return tuple(int(part) for part in text.split("-"))
+    except ValueError:
+        raise EdgelearnError(f"network '{text}': expected a preset ({', '.join(PRESETS)}) or sizes like 784-64-10"
+                             ) from None
+
+
+def _blocks(n: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+class AnalogLayer:
+    """One layer on a grid of tiles of one card."""
+
+    analog = True
+
+    def __init__(self, card: DeviceCard, n_in: int, n_out: int, *, seed: int, max_tile_rows: int,
+                 max_tile_cols: int, references: bool = False, periphery: PeripheryConfig | None = None,
+                 pulses: PulseConfig | None = None, variation: DeviceVariation | None = None):
+        self.n_in, self.n_out = n_in + 1, n_out
+        self.row_blocks = _blocks(n_out, max_tile_rows)
+        self.col_blocks = _blocks(self.n_in, max_tile_cols)
+        self.tiles = [[Tile(card, rs.stop - rs.start, cs.stop - cs.start, seed=seed * 1000 + 31 * r + c,
+                            references=references, periphery=periphery, pulses=pulses, variation=variation)
+                       for c, cs in enumerate(self.col_blocks)] for r, rs in enumerate(self.row_blocks)]
+
+    def grid(self):
+        for r, rs in enumerate(self.row_blocks):
+            for c, cs in enumerate(self.col_blocks):
+                yield rs, cs, self.tiles[r][c]
+
+    def forward(self, xs: np.ndarray) -> np.ndarray:
+        out = np.zeros((xs.shape[0], self.n_out))
+        for rs, cs, tile in self.grid():
+            out[:, rs] += tile.forward_batch(xs[:, cs])
+        return out
+
+    def backward(self, ds: np.ndarray) -> np.ndarray:
+        out = np.zeros((ds.shape[0], self.n_in))
+        for rs, cs, tile in self.grid():
+            out[:, cs] += tile.backward_batch(ds[:, rs])
+        return out
+
+    @property
+    def weights(self) -> np.ndarray:
+        w = np.empty((self.n_out, self.n_in))
+        for rs, cs, tile in self.grid():
+            w[rs, cs] = tile.weights
+        return w
+
+    def set_weights(self, w: np.ndarray) -> None:
+        for rs, cs, tile in self.grid():
+            tile.set_weights(w[rs, cs])
+
+    def state_dict(self, prefix: str) -> dict:
+        out = {}
+        for r, row in enumerate(self.tiles):
+            for c, tile in enumerate(row):
+                out.update({f"{prefix}.{r}.{c}.{k}": v for k, v in tile.state_dict().items()})
+        return out
+
+    def load_state_dict(self, data: dict, prefix: str) -> None:
+        for r, row in enumerate(self.tiles):
+            for c, tile in enumerate(row):
+                head = f"{prefix}.{r}.{c}."
+                tile.load_state_dict({k[len(head):]: v for k, v in data.items() if k.startswith(head)})
+
+
+class DigitalLayer:
+    """The same layer in float64 (the digital baseline): exact products, no converters, no noise."""
+
+    analog = False
+
+    def __init__(self, n_in: int, n_out: int):
+        self.n_in, self.n_out = n_in + 1, n_out
+        self.w = np.zeros((n_out, self.n_in))
+        self.macs = 0
+
+    def forward(self, xs):
+        self.macs += xs.shape[0] * self.w.size
+        return xs @ self.w.T
+
+    def backward(self, ds):
+        self.macs += ds.shape[0] * self.w.size
+        return ds @ self.w
+
+    @property
+    def weights(self):
+        return self.w.copy()
+
+    def set_weights(self, w):
+        self.w[...] = w
+
+    def state_dict(self, prefix: str) -> dict:
+        return {f"{prefix}.w": self.w.copy(), f"{prefix}.macs": np.array(self.macs)}
+
+    def load_state_dict(self, data: dict, prefix: str) -> None:
+        self.w[...] = data[f"{prefix}.w"]
+        self.macs = int(data[f"{prefix}.macs"])
+
+
+class Network:
+    """An MLP: layers (analog or digital), hidden activation, log-softmax + NLL loss."""
+
+    def __init__(self, sizes, activation: str = "sigmoid", *, card: DeviceCard | None = None, digital: bool = False,
+                 seed: int = 0, max_tile_rows: int = 1024, max_tile_cols: int = 1024, references: bool = False,
+                 periphery: PeripheryConfig | None = None, pulses: PulseConfig | None = None,
+                 variation: DeviceVariation | None = None):
+        if isinstance(sizes, str):
+            sizes = parse_sizes(sizes)
+        sizes = tuple(int(s) for s in sizes)
+        if len(sizes) < 2 or min(sizes) < 1:
+            raise EdgelearnError(f"network sizes must be at least two positive numbers, got {sizes}")
+        if activation not in ACTIVATIONS:
+            raise EdgelearnError(f"unknown activation '{activation}' (known: {', '.join(ACTIVATIONS)})")
+        if not digital and card is None:
+            raise EdgelearnError("an analog network needs a device card")
+        self.sizes, self.activation = sizes, activation
+        self.f, self.df = ACTIVATIONS[activation]
+        self.layers = []
+        rng = np.random.default_rng([seed, 1])
+        for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            if digital:
+                layer = DigitalLayer(n_in, n_out)
+            else:
+                layer = AnalogLayer(card, n_in, n_out, seed=seed * 100 + k, max_tile_rows=max_tile_rows,
+                                    max_tile_cols=max_tile_cols, references=references, periphery=periphery,
+                                    pulses=pulses, variation=variation)
+            self.layers.append(layer)
+        self.initial_weights = [rng.uniform(-1.0, 1.0, (layer.n_out, layer.n_in)) / np.sqrt(layer.n_in)
+                                for layer in self.layers]  # PyTorch's nn.Linear default, bias included
+
+    def initialise(self) -> None:
+        """Program the initial weights (uniform +-1/sqrt(fan_in), as nn.Linear); on tiles with references the
+        weights are relative to the references, so the devices start around their symmetry points."""
+        for layer, w in zip(self.layers, self.initial_weights):
+            layer.set_weights(w)
+
+    def forward(self, xs: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """(logits, layer inputs with the bias column, hidden activations)."""
+        inputs, hidden = [], []
+        a = xs
+        for k, layer in enumerate(self.layers):
+            a_in = np.concatenate([a, np.ones((a.shape[0], 1))], axis=1)
+            z = layer.forward(a_in)
+            inputs.append(a_in)
+            if k < len(self.layers) - 1:
+                a = self.f(z)
+                hidden.append(a)
+            else:
+                a = z
+        return a, inputs, hidden
+
+    def gradients(self, xs: np.ndarray, labels: np.ndarray):
+        """Forward and backward of one mini-batch: (loss, correct, per-layer (inputs, deltas)); deltas are
+        d(mean NLL)/d(layer output), all computed before any weight changes."""
+        logits, inputs, hidden = self.forward(xs)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        batch = xs.shape[0]
+        loss = -float(log_p[np.arange(batch), labels].mean())
+        correct = int((logits.argmax(axis=1) == labels).sum())
+        delta = np.exp(log_p)
+        delta[np.arange(batch), labels] -= 1.0
+        delta /= batch
+        deltas = [None] * len(self.layers)
+        for k in range(len(self.layers) - 1, -1, -1):
+            deltas[k] = delta
+            if k > 0:
+                delta = self.layers[k].backward(delta)[:, :-1] * self.df(hidden[k - 1])
+        return loss, correct, list(zip(inputs, deltas))
+
+    def predict(self, xs: np.ndarray, batch: int = 1000) -> np.ndarray:
+        out = np.empty(xs.shape[0], np.int64)
+        for start in range(0, xs.shape[0], batch):
+            out[start:start + batch] = self.forward(xs[start:start + batch])[0].argmax(axis=1)
+        return out
+
+    def accuracy(self, xs: np.ndarray, labels: np.ndarray) -> float:
+        return float((self.predict(xs) == labels).mean())
+
+    def tiles(self):
+        for layer in self.layers:
+            if layer.analog:
+                for _, _, tile in layer.grid():
+                    yield tile
+
+    def state_dict(self) -> dict:
+        out = {}
+        for k, layer in enumerate(self.layers):
+            out.update(layer.state_dict(f"layer{k}"))
+        return out
+
+    def load_state_dict(self, data: dict) -> None:
+        for k, layer in enumerate(self.layers):
+            layer.load_state_dict(data, f"layer{k}")
