@@ -1,6 +1,7 @@
 """Training algorithms as small policy objects: how a layer's gradient becomes a weight change.
 
-- `sgd`: plain analog SGD, one stochastic pulse-train update per sample (aihwkit's pulsed SGD);
+- `sgd`: plain analog SGD, one stochastic pulse-train update per sample (aihwkit's pulsed SGD), or with
+  `deterministic=True` round(lr |d x| / dw_min) pulses per device and sample;
 - `mp`: mixed-precision SGD (Nandakumar et al. 2020): the controller accumulates -lr * sum d x^T of a mini-batch in
   an int32 chi and fires trunc(chi / epsilon) pulses, epsilon = the card's granularity (or separate up/down values);
 - `sp-shift`: symmetry-point shifting: every trainable device is driven to its own symmetry point by alternating
@@ -37,7 +38,13 @@ class Algorithm:
 class PlainSGD(Algorithm):
     name = "sgd"
 
+    def __init__(self, deterministic: bool = False):
+        self.deterministic = deterministic
+
     def update(self, layer, inputs, deltas, lr):
+        if self.deterministic:
+            return sum(tile.update_deterministic_batch(inputs[:, cs], deltas[:, rs], lr)
+                       for rs, cs, tile in layer.grid())
         return sum(tile.update_sgd_batch(inputs[:, cs], deltas[:, rs], lr) for rs, cs, tile in layer.grid())
 
 
@@ -56,7 +63,8 @@ class SymmetryPointShift(PlainSGD):
     name = "sp-shift"
     references = True
 
-    def __init__(self, window: int = 20, max_pairs: int = 2000):
+    def __init__(self, window: int = 20, max_pairs: int = 2000, deterministic: bool = False):
+        super().__init__(deterministic)
         self.window, self.max_pairs = window, max_pairs
 
     def prepare(self, network):

@@ -264,6 +264,18 @@ class Tile:
         self._account(n)
         return int(n)
 
+    def update_deterministic_batch(self, xs, ds, lr: float) -> int:
+        """Plain SGD with deterministic pulse counts: per sample, round(lr |d_i x_j| / dw_min) pulses (at most
+        bl_max) on each device, no remainder kept; returns the pulses."""
+        xs, ds = self._matrix(xs, self.cols, "x batch"), self._matrix(ds, self.rows, "d batch")
+        if xs.shape[0] != ds.shape[0]:
+            raise EdgelearnError(f"x and d batches differ in length: {xs.shape[0]} and {ds.shape[0]}")
+        n = ctl.deterministic_update_batch(self.state, self.params, self.table_up, self.table_down, self.c2c_std, xs,
+                                           ds, float(lr), self.dw_min, self.pulse_config.bl_max, self.rng,
+                                           self.normal_table, self.device_pulses, self.counters)
+        self._account(n)
+        return int(n)
+
     def update_mp_batch(self, xs, ds, lr: float, epsilon: float | None = None,
                         epsilon_down: float | None = None) -> int:
         """Mixed-precision step for a mini-batch: the controller sums d x^T over the batch (counted as digital MACs),

@@ -108,7 +108,8 @@ def cmd_train(args) -> int:
     config = TrainConfig(card=args.card, algorithm=args.algorithm, network=args.network, activation=args.activation,
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step,
                          lr_gamma=args.lr_gamma, seed=args.seed, max_train_samples=args.max_train_samples,
-                         data_dir=args.data_dir, epsilon=args.epsilon, max_tile_rows=args.max_tile,
+                         data_dir=args.data_dir, epsilon=args.epsilon, epsilon_down=args.epsilon_down,
+                         deterministic=args.deterministic, max_tile_rows=args.max_tile,
                          max_tile_cols=args.max_tile)
     result = train(config, out=args.out, resume=args.resume, progress=not args.quiet)
     last = result.epochs[-1]
@@ -175,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr_.add_argument("--network", default="paper", help="network preset (default: paper, 784-256-128-10)")
     tr_.add_argument("--activation", default="sigmoid", choices=["sigmoid", "relu"])
     tr_.add_argument("--epsilon", type=float, help="mp threshold (default: the card's granularity)")
+    tr_.add_argument("--epsilon-down", type=float, help="mp threshold for down pulses (default: --epsilon)")
+    tr_.add_argument("--deterministic", action="store_true",
+                     help="sgd / sp-shift: deterministic pulse counts instead of stochastic trains")
     tr_.add_argument("--max-tile", type=int, default=1024, help="largest tile side; larger layers are split")
     tr_.add_argument("--out", help="directory for metrics.csv, summary.json and checkpoints")
     tr_.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")

@@ -43,6 +43,7 @@ class TrainConfig(BaseModel):
     max_tile_cols: int = Field(1024, ge=1)
     epsilon: float | None = Field(None, gt=0, description="mp threshold (default: the card's granularity)")
     epsilon_down: float | None = Field(None, gt=0, description="mp threshold for down pulses (default: epsilon)")
+    deterministic: bool = Field(False, description="sgd / sp-shift: deterministic pulse counts, not trains")
     periphery: PeripheryConfig = PeripheryConfig()
     pulses: PulseConfig = PulseConfig()
 
@@ -110,6 +111,8 @@ def build(config: TrainConfig):
     options = {}
     if config.algorithm == "mp":
         options = dict(epsilon=config.epsilon, epsilon_down=config.epsilon_down)
+    elif config.algorithm in ("sgd", "sp-shift"):
+        options = dict(deterministic=config.deterministic)
     algorithm = make_algorithm(config.algorithm, **options)
     card = None
     if not algorithm.digital:

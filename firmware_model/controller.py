@@ -261,6 +261,37 @@ def stochastic_update(state, params, table_up, table_down, c2c_std, x, d, lr, dw
 
 
 @njit(cache=True)
+def deterministic_update_batch(state, params, table_up, table_down, c2c_std, xs, ds, lr, dw_min, max_pulses, rng,
+                               normal_table, device_pulses, counters):
+    """Plain SGD with deterministic pulse counts, one rank-1 update per sample: device (i, j) gets
+    n = min(round(lr |d_i x_j| / dw_min), max_pulses) pulses, down when d_i x_j > 0 (no memory of remainders).
+    Returns the pulses applied."""
+    rows, cols = state.shape
+    pulses = device_pulses[0]
+    total = 0
+    n_down = 0
+    for b in range(xs.shape[0]):
+        counters[C_UPDATES] += 1
+        for i in range(rows):
+            di = ds[b, i]
+            for j in range(cols):
+                product = di * xs[b, j]
+                n = np.int64(min(round_half_away(lr * abs(product) / dw_min), float(max_pulses)))
+                if n == 0:
+                    continue
+                down = product > 0.0
+                pulse_device(state, params, i, j, n, POLARITY_DOWN if down else POLARITY_UP, table_up, table_down,
+                             c2c_std, rng, normal_table)
+                pulses[i, j, 1 if down else 0] += np.int32(n)
+                total += n
+                n_down += n if down else 0
+        counters[C_MACS] += rows * cols
+    counters[C_PULSES_UP] += total - n_down
+    counters[C_PULSES_DOWN] += n_down
+    return total
+
+
+@njit(cache=True)
 def chi_increments(x, d, lr, chi_frac_bits, x_q, row_mult):
     """Quantise one mixed-precision update: x_q[j] = x_j / xmax in Q15, row_mult[i] = -lr d_i xmax in chi units
     (Q with chi_frac_bits fraction bits), so chi_ij += shift_round(row_mult_i * x_q_j, 15)."""

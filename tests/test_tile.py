@@ -198,3 +198,19 @@ def test_per_device_counts_fold_into_int64_totals():
     report = tile.counter_report()
     assert report.pulses_per_device_down[0, 0] >= 2**31 - 100
     assert report.pulses_per_device_down.dtype == np.int64
+
+
+def test_deterministic_pulse_counts_are_exact():
+    dw = 0.01
+    tile = Tile(constant_step(dw), 2, 3, seed=0, c2c_std=0.0)
+    xs = np.array([[1.0, -0.5, 0.0], [0.2, 0.2, 0.2]])
+    ds = np.array([[0.3, -0.04], [0.0, 1.0]])
+    # lr |d x| / dw with lr 0.1 (down where d x > 0): sample 0 -> row 0: 3 down, 1.5 -> 2 up, 0; row 1: 0.4 and
+    # 0.2 round to 0; sample 1 -> row 1: 2 down on every device
+    pulses = tile.update_deterministic_batch(xs, ds, lr=0.1)
+    report = tile.counter_report()
+    np.testing.assert_array_equal(report.pulses_per_device_down, [[3, 0, 0], [2, 2, 2]])
+    np.testing.assert_array_equal(report.pulses_per_device_up, [[0, 2, 0], [0, 0, 0]])
+    np.testing.assert_allclose(tile.weights, [[-0.03, 0.02, 0.0], [-0.02, -0.02, -0.02]])
+    assert pulses == 11 and report.counts["pulses_up"] == 2 and report.counts["pulses_down"] == 9
+    assert report.counts["updates"] == 2 and report.counts["coincidences"] == 0

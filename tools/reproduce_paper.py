@@ -49,6 +49,11 @@ def _epochs_to(summary: dict, accuracy: float):
     return next((m["epoch"] for m in summary["epochs"] if m["validation_accuracy"] >= accuracy), None)
 
 
+def _per_epoch(summary: dict) -> float:
+    """Mean wall time of an epoch (training + validation), seconds."""
+    return float(np.mean([m["wall_s"] for m in summary["epochs"]]))
+
+
 def write_report(results: dict, cards: list[str], algorithms: list[str], out_doc: Path) -> None:
     import matplotlib
 
@@ -60,12 +65,13 @@ def write_report(results: dict, cards: list[str], algorithms: list[str], out_doc
              "halved every 10 epochs, 48k/12k/10k split, seed 0, one numba thread per run; learning rates: "
              + ", ".join(f"{a} {lr}" for a, lr in LEARNING_RATES.items()) + ").", "",
              "| pulse width | ε | symmetry point | algorithm | epochs | test accuracy | epochs to 90 % / 95 % val "
-             "| training pulses | calibration pulses | wall time |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| training pulses | calibration pulses | s / epoch | wall time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     digital = results.get((None, "digital"))
     if digital:
         lines.append(f"| – | – | – | digital | {len(digital['epochs'])} | {digital['test_accuracy']:.4f} "
-                     f"| {_epochs_to(digital, 0.9)} / {_epochs_to(digital, 0.95)} | – | – | {digital['wall_s']:.0f} s |")
+                     f"| {_epochs_to(digital, 0.9)} / {_epochs_to(digital, 0.95)} | – | – | {_per_epoch(digital):.1f} "
+                     f"| {digital['wall_s']:.0f} s |")
     for card_name in cards:
         card = load_card(card_name)
         for algorithm in algorithms:
@@ -77,7 +83,30 @@ def write_report(results: dict, cards: list[str], algorithms: list[str], out_doc
                 f"| {width_label(card.pulse_width_s)} | {card.figures.granularity:.3f} "
                 f"| {card.figures.symmetry_point:+.2f} | {algorithm} | {len(r['epochs'])} | {r['test_accuracy']:.4f} "
                 f"| {_epochs_to(r, 0.9)} / {_epochs_to(r, 0.95)} | {c.get('pulses_up', 0) + c.get('pulses_down', 0):,} "
-                f"| {c.get('calibration_pulses_up', 0) + c.get('calibration_pulses_down', 0):,} | {r['wall_s']:.0f} s |")
+                f"| {c.get('calibration_pulses_up', 0) + c.get('calibration_pulses_down', 0):,} "
+                f"| {_per_epoch(r):.1f} | {r['wall_s']:.0f} s |")
+    lines += ["", "## Why plain SGD fails and symmetry-point shifting recovers", "",
+              "Under plain analog SGD every update is a stream of up and down pulses of nearly equal expected "
+              "number; with asymmetric, state-dependent steps the up and down steps only balance at the device's "
+              "symmetry point, so the devices drift there and every weight is pulled toward it instead of toward "
+              "the value the gradient asks for. Symmetry-point shifting programs a reference device to each "
+              "device's own symmetry point (weight = device - reference): the drift point becomes weight 0, which "
+              "is harmless, and plain SGD learns again. Mixed precision avoids the drift differently: it pulses "
+              "only when the accumulated gradient exceeds epsilon, so there is no stream of cancelling pulses.", ""]
+    for card_name in cards:
+        card = load_card(card_name)
+        for algorithm, key in (("sgd", "device_states"), ("sp-shift", "weights"), ("mp", "device_states")):
+            r = results.get((card_name, algorithm))
+            if not r or key not in r["weight_histograms"]:
+                continue
+            h = r["weight_histograms"]
+            edges = np.array(h["edges"])
+            centres, counts = 0.5 * (edges[1:] + edges[:-1]), np.array(h[key], float)
+            mean = float((centres * counts).sum() / counts.sum())
+            spread = float(np.sqrt((counts * (centres - mean) ** 2).sum() / counts.sum()))
+            what = "device states (= weights)" if key == "device_states" else "weights (device - reference)"
+            lines.append(f"- {width_label(card.pulse_width_s)}, {algorithm}: final {what} mean {mean:+.3f}, "
+                         f"std {spread:.3f}; card symmetry point {card.figures.symmetry_point:+.3f}")
     lines += ["", "![validation accuracy per epoch](results_accuracy.png)", "",
               "![final device states vs symmetry point](results_weights.png)", ""]
     # accuracy curves
