@@ -191,15 +191,19 @@ def train(config: TrainConfig, out: str | Path | None = None, resume: bool = Fal
 
 
 def weight_histograms(network: Network, bins: int = 120, limit: float = 1.5) -> dict:
-    """Histograms of the final weights and of the trainable devices' states (all layers), for the report."""
+    """Per-layer histograms of the final weights and of the trainable devices' states, for the report."""
     edges = np.linspace(-limit, limit, bins + 1)
-    weights = np.concatenate([layer.weights.ravel() for layer in network.layers])
-    out = dict(edges=edges.tolist(), weights=np.histogram(np.clip(weights, -limit, limit), edges)[0].tolist())
-    states = [tile.state.ravel() for tile in network.tiles()]
-    if states:
-        states = np.concatenate(states)
-        out["device_states"] = np.histogram(np.clip(states, -limit, limit), edges)[0].tolist()
-    return out
+
+    def hist(values):
+        return np.histogram(np.clip(values, -limit, limit), edges)[0].tolist()
+
+    layers = []
+    for layer in network.layers:
+        entry = dict(weights=hist(layer.weights.ravel()))
+        if layer.analog:
+            entry["device_states"] = hist(np.concatenate([tile.state.ravel() for _, _, tile in layer.grid()]))
+        layers.append(entry)
+    return dict(edges=edges.tolist(), layers=layers)
 
 
 def _write_metrics(path: Path, epochs: list[EpochMetrics]) -> None:

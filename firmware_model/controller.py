@@ -311,29 +311,6 @@ def chi_increments(x, d, lr, chi_frac_bits, x_q, row_mult):
         row_mult[i] = np.int32(v)
 
 
-@njit(cache=True, inline="always")
-def _fire(state, params, table_up, table_down, c2c_std, chi, i, j, c, eps_up, eps_down, max_pulses, rng,
-          normal_table, pulses):
-    """Mixed-precision threshold for one device: with the new accumulator value c, fire n = trunc(c / eps) pulses
-    (eps_up for c > 0, eps_down otherwise; |n| capped at max_pulses when > 0), keep the remainder in chi.
-    Returns n (> 0 up, < 0 down). The common below-threshold case skips the division."""
-    if -eps_down < c < eps_up:
-        chi[i, j] = np.int32(c)
-        return 0
-    eps = eps_up if c > 0 else eps_down
-    n = div_trunc(c, eps)
-    if max_pulses > 0:
-        n = min(max(n, -max_pulses), max_pulses)
-    chi[i, j] = np.int32(c - n * eps)
-    if n != 0:
-        down = n < 0
-        count = -n if down else n
-        pulse_device(state, params, i, j, count, POLARITY_DOWN if down else POLARITY_UP, table_up, table_down,
-                     c2c_std, rng, normal_table)
-        pulses[i, j, 1 if down else 0] += np.int32(count)
-    return n
-
-
 @njit(cache=True)
 def mp_update(state, params, table_up, table_down, c2c_std, chi, x_q, row_mult, eps_up_q, eps_down_q, max_pulses,
               rng, normal_table, device_pulses, counters):
@@ -354,9 +331,23 @@ def mp_update(state, params, table_up, table_down, c2c_std, chi, x_q, row_mult, 
         m = np.int64(row_mult[i])
         for j in range(cols):
             acc = np.int64(chi[i, j]) + shift_round(m * np.int64(x_q[j]), 15)
-            n = _fire(state, params, table_up, table_down, c2c_std, chi, i, j, np.int64(sat_i32(acc)), eps_up,
-                      eps_down, max_pulses, rng, normal_table, pulses)
-            total += abs(n)
+            c = np.int64(sat_i32(acc))
+            if -eps_down < c < eps_up:  # below threshold: no pulse, no division (the common case)
+                chi[i, j] = np.int32(c)
+                continue
+            eps = eps_up if c > 0 else eps_down
+            n = div_trunc(c, eps)
+            if max_pulses > 0:
+                n = min(max(n, -max_pulses), max_pulses)
+            chi[i, j] = np.int32(c - n * eps)
+            if n == 0:
+                continue
+            down = n < 0
+            count = -n if down else n
+            pulse_device(state, params, i, j, count, POLARITY_DOWN if down else POLARITY_UP, table_up, table_down,
+                         c2c_std, rng, normal_table)
+            pulses[i, j, 1 if down else 0] += np.int32(count)
+            total += count
             net_up += n
     counters[C_PULSES_UP] += (total + net_up) // 2
     counters[C_PULSES_DOWN] += (total - net_up) // 2
@@ -454,7 +445,10 @@ def mp_update_dense(state, params, table_up, table_down, c2c_std, chi, gradient,
                     max_pulses, rng, normal_table, device_pulses, counters):
     """Mixed-precision step from a dense gradient (the controller's MAC unit summed d x^T over a mini-batch):
     chi_ij += round(scale * gradient_ij) saturating (scale = -lr 2^F), then the same threshold and pulses as
-    mp_update. Returns the pulses applied."""
+    mp_update. Returns the pulses applied.
+
+    The threshold-and-fire block repeats mp_update's on purpose: moved into a shared inline helper, this loop ran
+    10x slower (measured: 3.7 ms instead of 0.3 ms per 256 x 785 step)."""
     rows, cols = state.shape
     counters[C_UPDATES] += 1
     eps_up = np.int64(eps_up_q)
@@ -465,10 +459,23 @@ def mp_update_dense(state, params, table_up, table_down, c2c_std, chi, gradient,
     for i in range(rows):
         for j in range(cols):
             v = min(max(round_half_away(scale * gradient[i, j]), -2147483648.0), 2147483647.0)
-            n = _fire(state, params, table_up, table_down, c2c_std, chi, i, j,
-                      np.int64(sat_i32(np.int64(chi[i, j]) + np.int64(v))), eps_up, eps_down, max_pulses, rng,
-                      normal_table, pulses)
-            total += abs(n)
+            c = np.int64(sat_i32(np.int64(chi[i, j]) + np.int64(v)))
+            if -eps_down < c < eps_up:
+                chi[i, j] = np.int32(c)
+                continue
+            eps = eps_up if c > 0 else eps_down
+            n = div_trunc(c, eps)
+            if max_pulses > 0:
+                n = min(max(n, -max_pulses), max_pulses)
+            chi[i, j] = np.int32(c - n * eps)
+            if n == 0:
+                continue
+            down = n < 0
+            count = -n if down else n
+            pulse_device(state, params, i, j, count, POLARITY_DOWN if down else POLARITY_UP, table_up, table_down,
+                         c2c_std, rng, normal_table)
+            pulses[i, j, 1 if down else 0] += np.int32(count)
+            total += count
             net_up += n
     counters[C_PULSES_UP] += (total + net_up) // 2
     counters[C_PULSES_DOWN] += (total - net_up) // 2

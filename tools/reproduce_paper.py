@@ -45,6 +45,25 @@ def run_one(card: str | None, algorithm: str, epochs: int, data_dir: str, run_di
     return train(config, out=run_dir, resume=resume, progress=False).to_dict()
 
 
+def _histograms(summary: dict, run_dir: Path) -> dict:
+    """Per-layer weight / device-state histograms: from the summary, or (runs made before summaries carried them)
+    recomputed from the run's last checkpoint."""
+    h = summary.get("weight_histograms", {})
+    if "layers" in h or not (run_dir / "checkpoint.npz").exists():
+        return h
+    edges = np.array(h.get("edges", np.linspace(-1.5, 1.5, 121)))
+    layers = []
+    with np.load(run_dir / "checkpoint.npz") as archive:
+        k = 0
+        while f"layer{k}.0.0.state" in archive.files:
+            state, ref = archive[f"layer{k}.0.0.state"], archive[f"layer{k}.0.0.ref_state"]
+            clip = lambda v: np.clip(v, edges[0], edges[-1])  # noqa: E731
+            layers.append(dict(weights=np.histogram(clip(state - ref), edges)[0].tolist(),
+                               device_states=np.histogram(clip(state), edges)[0].tolist()))
+            k += 1
+    return dict(edges=edges.tolist(), layers=layers)
+
+
 def _epochs_to(summary: dict, accuracy: float):
     return next((m["epoch"] for m in summary["epochs"] if m["validation_accuracy"] >= accuracy), None)
 
@@ -93,22 +112,27 @@ def write_report(results: dict, cards: list[str], algorithms: list[str], out_doc
               "device's own symmetry point (weight = device - reference): the drift point becomes weight 0, which "
               "is harmless, and plain SGD learns again. Mixed precision avoids the drift differently: it pulses "
               "only when the accumulated gradient exceeds epsilon, so there is no stream of cancelling pulses.", ""]
+    lines += ["Final state of the output layer (10 x 129 devices; it receives by far the most pulses):", ""]
     for card_name in cards:
         card = load_card(card_name)
-        for algorithm, key in (("sgd", "device_states"), ("sp-shift", "weights"), ("mp", "device_states")):
+        for algorithm in ("sgd", "sp-shift", "mp"):
             r = results.get((card_name, algorithm))
-            if not r or key not in r["weight_histograms"]:
+            if not r or not r["weight_histograms"].get("layers"):
                 continue
             h = r["weight_histograms"]
             edges = np.array(h["edges"])
-            centres, counts = 0.5 * (edges[1:] + edges[:-1]), np.array(h[key], float)
-            mean = float((centres * counts).sum() / counts.sum())
-            spread = float(np.sqrt((counts * (centres - mean) ** 2).sum() / counts.sum()))
-            what = "device states (= weights)" if key == "device_states" else "weights (device - reference)"
-            lines.append(f"- {width_label(card.pulse_width_s)}, {algorithm}: final {what} mean {mean:+.3f}, "
-                         f"std {spread:.3f}; card symmetry point {card.figures.symmetry_point:+.3f}")
+            centres = 0.5 * (edges[1:] + edges[:-1])
+            out_layer = h["layers"][-1]
+            parts = []
+            for key, what in (("device_states", "device states"), ("weights", "weights")):
+                counts = np.array(out_layer[key], float)
+                mean = float((centres * counts).sum() / counts.sum())
+                spread = float(np.sqrt((counts * (centres - mean) ** 2).sum() / counts.sum()))
+                parts.append(f"{what} {mean:+.3f} ± {spread:.3f}")
+            lines.append(f"- {width_label(card.pulse_width_s)} {algorithm}: {', '.join(parts)} "
+                         f"(card symmetry point {card.figures.symmetry_point:+.3f})")
     lines += ["", "![validation accuracy per epoch](results_accuracy.png)", "",
-              "![final device states vs symmetry point](results_weights.png)", ""]
+              "![output layer after training vs the symmetry point](results_weights.png)", ""]
     # accuracy curves
     fig, axes = plt.subplots(1, len(cards), figsize=(5 * len(cards), 4), squeeze=False)
     for ax, card_name in zip(axes[0], cards):
@@ -126,22 +150,24 @@ def write_report(results: dict, cards: list[str], algorithms: list[str], out_doc
     fig.tight_layout()
     fig.savefig(out_doc.parent / "results_accuracy.png", dpi=90)
     plt.close(fig)
-    # device-state histograms vs symmetry point (sgd vs sp-shift)
+    # output-layer device states vs symmetry point: sgd collapses onto it, sp-shift sits on it with weights around 0
     fig, axes = plt.subplots(1, len(cards), figsize=(5 * len(cards), 4), squeeze=False)
     for ax, card_name in zip(axes[0], cards):
         card = load_card(card_name)
-        for algorithm, key in (("sgd", "device_states"), ("sp-shift", "weights")):
+        for algorithm, key, label in (("sgd", "device_states", "sgd: device states (= weights)"),
+                                      ("sp-shift", "device_states", "sp-shift: device states"),
+                                      ("sp-shift", "weights", "sp-shift: weights (device - reference)"),
+                                      ("mp", "weights", "mp: weights")):
             r = results.get((card_name, algorithm))
-            if not r or key not in r["weight_histograms"]:
+            if not r or not r["weight_histograms"].get("layers"):
                 continue
             h = r["weight_histograms"]
             edges = np.array(h["edges"])
-            counts = np.array(h[key], float)
-            ax.step(edges[:-1], counts / counts.sum(), where="post",
-                    label=f"{algorithm}: {'device states = weights' if algorithm == 'sgd' else 'weights'}")
+            counts = np.array(h["layers"][-1][key], float)
+            ax.step(edges[:-1], counts / counts.sum(), where="post", label=label)
         ax.axvline(card.figures.symmetry_point, color="k", ls="--", label="card symmetry point")
         ax.axvline(0.0, color="0.6", lw=0.8)
-        ax.set_title(f"{card.device_id} {width_label(card.pulse_width_s)}: final weights")
+        ax.set_title(f"{card.device_id} {width_label(card.pulse_width_s)}: output layer after training", fontsize=9)
         ax.set_xlabel("w")
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -176,6 +202,7 @@ def main() -> int:
             summary = Path(args.out) / (card or "digital") / algorithm / "summary.json"
             if summary.exists():
                 results[key] = json.loads(summary.read_text())
+                results[key]["weight_histograms"] = _histograms(results[key], summary.parent)
     else:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             futures = {pool.submit(run_one, card, algorithm, args.epochs, args.data_dir,
@@ -185,6 +212,8 @@ def main() -> int:
                 key = futures[future]
                 try:
                     results[key] = future.result()
+                    run_dir = Path(args.out) / (key[0] or "digital") / key[1]
+                    results[key]["weight_histograms"] = _histograms(results[key], run_dir)
                 except Exception as exc:  # report and go on: the other runs are still worth having
                     print(f"run {key} failed: {exc}", file=sys.stderr)
                     continue
