@@ -42,10 +42,8 @@ class PlainSGD(Algorithm):
         self.deterministic = deterministic
 
     def update(self, layer, inputs, deltas, lr):
-        if self.deterministic:
-            return sum(tile.update_deterministic_batch(inputs[:, cs], deltas[:, rs], lr)
-                       for rs, cs, tile in layer.grid())
-        return sum(tile.update_sgd_batch(inputs[:, cs], deltas[:, rs], lr) for rs, cs, tile in layer.grid())
+        update = layer.board.update_deterministic_batch if self.deterministic else layer.board.update_sgd_batch
+        return sum(update(tile, inputs[:, cs], deltas[:, rs], lr) for rs, cs, tile in layer.grid())
 
 
 class MixedPrecision(Algorithm):
@@ -55,8 +53,8 @@ class MixedPrecision(Algorithm):
         self.epsilon, self.epsilon_down = epsilon, epsilon_down
 
     def update(self, layer, inputs, deltas, lr):
-        return sum(tile.update_mp_batch(inputs[:, cs], deltas[:, rs], lr, self.epsilon, self.epsilon_down)
-                   for rs, cs, tile in layer.grid())
+        return sum(layer.board.update_mp_batch(tile, inputs[:, cs], deltas[:, rs], lr, self.epsilon,
+                                               self.epsilon_down) for rs, cs, tile in layer.grid())
 
 
 class SymmetryPointShift(PlainSGD):
@@ -69,8 +67,8 @@ class SymmetryPointShift(PlainSGD):
 
     def prepare(self, network):
         pulses, points = 0, []
-        for tile in network.tiles():
-            result = tile.calibrate_symmetry(window=self.window, max_pairs=self.max_pairs)
+        for tile in network.tile_ids():
+            result = network.board.calibrate_symmetry(tile, window=self.window, max_pairs=self.max_pairs)
             pulses += result.pulses
             points.append(result.symmetry_points.ravel())
         network.initialise()  # weights relative to the references: devices start around their symmetry points

@@ -380,17 +380,25 @@ class Tile:
 
 
 class Board(Protocol):
-    """What training, characterisation and streaming code may ask of a board (in-process, emulated or real)."""
+    """What training, characterisation and streaming code may ask of a board (in-process, emulated or real).
+    Tiles are addressed by the integer id add_tile returns; batches are (batch, n) float arrays."""
 
     def add_tile(self, card: DeviceCard | str, rows: int, cols: int, **options) -> int: ...
     def forward(self, tile: int, x: np.ndarray) -> np.ndarray: ...
     def backward(self, tile: int, d: np.ndarray) -> np.ndarray: ...
+    def forward_batch(self, tile: int, xs: np.ndarray) -> np.ndarray: ...
+    def backward_batch(self, tile: int, ds: np.ndarray) -> np.ndarray: ...
     def update_sgd(self, tile: int, x: np.ndarray, d: np.ndarray, lr: float) -> int: ...
+    def update_sgd_batch(self, tile: int, xs: np.ndarray, ds: np.ndarray, lr: float) -> int: ...
+    def update_deterministic_batch(self, tile: int, xs: np.ndarray, ds: np.ndarray, lr: float) -> int: ...
     def update_mp(self, tile: int, x: np.ndarray, d: np.ndarray, lr: float, epsilon: float | None = None) -> int: ...
+    def update_mp_batch(self, tile: int, xs: np.ndarray, ds: np.ndarray, lr: float, epsilon: float | None = None,
+                        epsilon_down: float | None = None) -> int: ...
     def calibrate_symmetry(self, tile: int, **options) -> CalibrationResult: ...
     def read_weights(self, tile: int) -> np.ndarray: ...
     def set_weights(self, tile: int, w: np.ndarray) -> None: ...
-    def counters(self) -> CounterReport: ...
+    def device_states(self, tile: int) -> np.ndarray: ...
+    def counters(self, tile: int | None = None) -> CounterReport: ...
 
 
 class InProcessBoard:
@@ -409,34 +417,61 @@ class InProcessBoard:
         self.tiles.append(Tile(card, rows, cols, **options))
         return len(self.tiles) - 1
 
-    def _tile(self, tile: int) -> Tile:
+    def tile(self, tile: int) -> Tile:
+        """The in-process Tile object behind an id (for notebooks and tests; board-agnostic code uses the methods)."""
         if not 0 <= tile < len(self.tiles):
             raise EdgelearnError(f"no tile {tile} on this board ({len(self.tiles)} tiles)")
         return self.tiles[tile]
 
     def forward(self, tile, x):
-        return self._tile(tile).forward(x)
+        return self.tile(tile).forward(x)
 
     def backward(self, tile, d):
-        return self._tile(tile).backward(d)
+        return self.tile(tile).backward(d)
+
+    def forward_batch(self, tile, xs):
+        return self.tile(tile).forward_batch(xs)
+
+    def backward_batch(self, tile, ds):
+        return self.tile(tile).backward_batch(ds)
 
     def update_sgd(self, tile, x, d, lr):
-        return self._tile(tile).update_sgd(x, d, lr)
+        return self.tile(tile).update_sgd(x, d, lr)
+
+    def update_sgd_batch(self, tile, xs, ds, lr):
+        return self.tile(tile).update_sgd_batch(xs, ds, lr)
+
+    def update_deterministic_batch(self, tile, xs, ds, lr):
+        return self.tile(tile).update_deterministic_batch(xs, ds, lr)
 
     def update_mp(self, tile, x, d, lr, epsilon=None):
-        return self._tile(tile).update_mp(x, d, lr, epsilon)
+        return self.tile(tile).update_mp(x, d, lr, epsilon)
+
+    def update_mp_batch(self, tile, xs, ds, lr, epsilon=None, epsilon_down=None):
+        return self.tile(tile).update_mp_batch(xs, ds, lr, epsilon, epsilon_down)
 
     def calibrate_symmetry(self, tile, **options):
-        return self._tile(tile).calibrate_symmetry(**options)
+        return self.tile(tile).calibrate_symmetry(**options)
 
     def read_weights(self, tile):
-        return self._tile(tile).weights
+        return self.tile(tile).weights
 
     def set_weights(self, tile, w):
-        self._tile(tile).set_weights(w)
+        self.tile(tile).set_weights(w)
 
-    def counters(self) -> CounterReport:
-        """All tiles' counters summed (per-device arrays concatenated along rows)."""
+    def device_states(self, tile):
+        return self.tile(tile).state.copy()
+
+    def state_dict(self, tile) -> dict:
+        return self.tile(tile).state_dict()
+
+    def load_state_dict(self, tile, data) -> None:
+        self.tile(tile).load_state_dict(data)
+
+    def counters(self, tile: int | None = None) -> CounterReport:
+        """One tile's counters, or all tiles' summed (per-device arrays concatenated, flattened)."""
+        if tile is not None:
+            return self.tile(tile).counter_report()
         reports = [t.counter_report() for t in self.tiles]
         if not reports:
             raise EdgelearnError("the board has no tiles")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .board import PeripheryConfig, PulseConfig, Tile
+from .board import InProcessBoard, PeripheryConfig, PulseConfig
 from .devices import DeviceCard, DeviceVariation
 from .errors import EdgelearnError
 
@@ -43,60 +43,64 @@ def _blocks(n: int, size: int) -> list[slice]:
 
 
 class AnalogLayer:
-    """One layer on a grid of tiles of one card."""
+    """One layer on a grid of tiles of one card, on a board (any backend of the Board API)."""
 
     analog = True
 
-    def __init__(self, card: DeviceCard, n_in: int, n_out: int, *, seed: int, max_tile_rows: int,
+    def __init__(self, board, card: DeviceCard, n_in: int, n_out: int, *, seed: int, max_tile_rows: int,
                  max_tile_cols: int, references: bool = False, periphery: PeripheryConfig | None = None,
                  pulses: PulseConfig | None = None, variation: DeviceVariation | None = None):
+        self.board = board
         self.n_in, self.n_out = n_in + 1, n_out
         self.row_blocks = _blocks(n_out, max_tile_rows)
         self.col_blocks = _blocks(self.n_in, max_tile_cols)
-        self.tiles = [[Tile(card, rs.stop - rs.start, cs.stop - cs.start, seed=seed * 1000 + 31 * r + c,
-                            references=references, periphery=periphery, pulses=pulses, variation=variation)
-                       for c, cs in enumerate(self.col_blocks)] for r, rs in enumerate(self.row_blocks)]
+        self.tile_ids = [[board.add_tile(card, rs.stop - rs.start, cs.stop - cs.start, seed=seed * 1000 + 31 * r + c,
+                                         references=references, periphery=periphery, pulses=pulses,
+                                         variation=variation)
+                          for c, cs in enumerate(self.col_blocks)] for r, rs in enumerate(self.row_blocks)]
 
     def grid(self):
+        """(output rows, input columns, tile id) of every tile of the layer."""
         for r, rs in enumerate(self.row_blocks):
             for c, cs in enumerate(self.col_blocks):
-                yield rs, cs, self.tiles[r][c]
+                yield rs, cs, self.tile_ids[r][c]
 
     def forward(self, xs: np.ndarray) -> np.ndarray:
         out = np.zeros((xs.shape[0], self.n_out))
         for rs, cs, tile in self.grid():
-            out[:, rs] += tile.forward_batch(xs[:, cs])
+            out[:, rs] += self.board.forward_batch(tile, xs[:, cs])
         return out
 
     def backward(self, ds: np.ndarray) -> np.ndarray:
         out = np.zeros((ds.shape[0], self.n_in))
         for rs, cs, tile in self.grid():
-            out[:, cs] += tile.backward_batch(ds[:, rs])
+            out[:, cs] += self.board.backward_batch(tile, ds[:, rs])
         return out
 
     @property
     def weights(self) -> np.ndarray:
         w = np.empty((self.n_out, self.n_in))
         for rs, cs, tile in self.grid():
-            w[rs, cs] = tile.weights
+            w[rs, cs] = self.board.read_weights(tile)
         return w
 
     def set_weights(self, w: np.ndarray) -> None:
         for rs, cs, tile in self.grid():
-            tile.set_weights(w[rs, cs])
+            self.board.set_weights(tile, w[rs, cs])
+
+    def device_states(self) -> np.ndarray:
+        return np.concatenate([self.board.device_states(tile).ravel() for _, _, tile in self.grid()])
 
     def state_dict(self, prefix: str) -> dict:
         out = {}
-        for r, row in enumerate(self.tiles):
-            for c, tile in enumerate(row):
-                out.update({f"{prefix}.{r}.{c}.{k}": v for k, v in tile.state_dict().items()})
+        for rs, cs, tile in self.grid():
+            out.update({f"{prefix}.{tile}.{k}": v for k, v in self.board.state_dict(tile).items()})
         return out
 
     def load_state_dict(self, data: dict, prefix: str) -> None:
-        for r, row in enumerate(self.tiles):
-            for c, tile in enumerate(row):
-                head = f"{prefix}.{r}.{c}."
-                tile.load_state_dict({k[len(head):]: v for k, v in data.items() if k.startswith(head)})
+        for rs, cs, tile in self.grid():
+            head = f"{prefix}.{tile}."
+            self.board.load_state_dict(tile, {k[len(head):]: v for k, v in data.items() if k.startswith(head)})
 
 
 class DigitalLayer:
@@ -138,7 +142,7 @@ class Network:
     def __init__(self, sizes, activation: str = "sigmoid", *, card: DeviceCard | None = None, digital: bool = False,
                  seed: int = 0, max_tile_rows: int = 1024, max_tile_cols: int = 1024, references: bool = False,
                  periphery: PeripheryConfig | None = None, pulses: PulseConfig | None = None,
-                 variation: DeviceVariation | None = None):
+                 variation: DeviceVariation | None = None, board=None):
         if isinstance(sizes, str):
             sizes = parse_sizes(sizes)
         sizes = tuple(int(s) for s in sizes)
@@ -151,12 +155,13 @@ class Network:
         self.sizes, self.activation = sizes, activation
         self.f, self.df = ACTIVATIONS[activation]
         self.layers = []
+        self.board = None if digital else (board if board is not None else InProcessBoard(seed=seed))
         rng = np.random.default_rng([seed, 1])
         for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             if digital:
                 layer = DigitalLayer(n_in, n_out)
             else:
-                layer = AnalogLayer(card, n_in, n_out, seed=seed * 100 + k, max_tile_rows=max_tile_rows,
+                layer = AnalogLayer(self.board, card, n_in, n_out, seed=seed * 100 + k, max_tile_rows=max_tile_rows,
                                     max_tile_cols=max_tile_cols, references=references, periphery=periphery,
                                     pulses=pulses, variation=variation)
             self.layers.append(layer)
@@ -212,7 +217,7 @@ class Network:
     def accuracy(self, xs: np.ndarray, labels: np.ndarray) -> float:
         return float((self.predict(xs) == labels).mean())
 
-    def tiles(self):
+    def tile_ids(self):
         for layer in self.layers:
             if layer.analog:
                 for _, _, tile in layer.grid():

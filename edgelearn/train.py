@@ -91,17 +91,11 @@ class TrainResult:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
-    def epochs_to(self, accuracy: float) -> int | None:
-        """First epoch whose validation accuracy reached `accuracy`, or None."""
-        return next((m.epoch for m in self.epochs if m.validation_accuracy >= accuracy), None)
 
 
 def _counter_totals(network: Network) -> dict:
-    totals: dict[str, int] = {}
-    for tile in network.tiles():
-        for key, value in tile.counter_report().counts.items():
-            totals[key] = totals.get(key, 0) + value
-    return totals
+    """All of the network's tiles' counters summed ({} for the digital baseline, which has no board)."""
+    return network.board.counters().counts if network.board is not None else {}
 
 
 def build(config: TrainConfig):
@@ -201,7 +195,7 @@ def weight_histograms(network: Network, bins: int = 120, limit: float = 1.5) -> 
     for layer in network.layers:
         entry = dict(weights=hist(layer.weights.ravel()))
         if layer.analog:
-            entry["device_states"] = hist(np.concatenate([tile.state.ravel() for _, _, tile in layer.grid()]))
+            entry["device_states"] = hist(layer.device_states())
         layers.append(entry)
     return dict(edges=edges.tolist(), layers=layers)
 

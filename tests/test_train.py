@@ -137,8 +137,9 @@ def test_large_layers_split_over_tiles():
     card = load_card("ID161ZR15000-200us")
     net = Network("20-7-3", card=card, seed=1, max_tile_rows=4, max_tile_cols=8)
     layer = net.layers[0]
-    assert [[(t.rows, t.cols) for t in row] for row in layer.tiles] == [[(4, 8), (4, 8), (4, 5)],
-                                                                        [(3, 8), (3, 8), (3, 5)]]
+    shapes = [[net.board.read_weights(t).shape for t in row] for row in layer.tile_ids]
+    assert shapes == [[(4, 8), (4, 8), (4, 5)], [(3, 8), (3, 8), (3, 5)]]
+    assert len(net.board.tiles) == 6 + 1  # the second layer (3 outputs x 8 inputs with bias) is one tile
     net.initialise()
     np.testing.assert_allclose(layer.weights, np.clip(net.initial_weights[0], card.model.w_min, card.model.w_max),
                                atol=0.3)  # each tile's devices clip at their own (varied) bounds
