@@ -127,6 +127,33 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_energy(args) -> int:
+    from .energy import load_energy_model, report_run
+
+    path = Path(args.summary)
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EdgelearnError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise EdgelearnError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(summary, dict) or not {"counters", "epochs", "config"} <= set(summary):
+        raise EdgelearnError(f"{path}: not a summary.json of edgelearn train (needs counters, epochs, config)")
+    reports = [report_run(summary, load_energy_model(name)) for name in (args.model or ["schottky-bound"])]
+    if args.json:
+        print("[" + ",\n".join(r.to_json() for r in reports) + "]" if len(reports) > 1 else reports[0].to_json())
+        return 0
+    for r in reports:
+        u = r.units
+        print(f"{r.card_id} under {r.model}: pulse up {u['pulse_up_j']:.3e} J at {u['amplitude_up_v']:.2f} V, "
+              f"down {u['pulse_down_j']:.3e} J at {u['amplitude_down_v']:.2f} V, area {u['area_m2']:.3e} m^2")
+        _print_table({f"  {k} (J)": v for k, v in r.components_j.items()})
+        _print_table({"  per sample (J)": r.energy_per_sample_j, "  programming per update (J)":
+                      r.programming_per_update_j, **{f"  programming to {k} val (J)": v
+                                                     for k, v in r.energy_to_target_j.items()}})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgelearn", description="Emulate on-device learning on ferroelectric "
                                      "synaptic crossbars.")
@@ -185,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr_.add_argument("--quiet", action="store_true", help="no progress bars")
     tr_.add_argument("--json", action="store_true", help="print the summary as JSON")
     tr_.set_defaults(func=cmd_train)
+
+    en = top.add_parser("energy", help="cost a finished training run under one or more energy models")
+    en.add_argument("summary", help="summary.json written by edgelearn train")
+    en.add_argument("--model", action="append", metavar="NAME|FILE",
+                    help="schottky-bound (default), capacitive, table, or an EnergyModel JSON file; repeatable")
+    en.add_argument("--json", action="store_true", help="print the report(s) as JSON")
+    en.set_defaults(func=cmd_energy)
 
     trace = top.add_parser("trace", help="convert measured traces")
     tr = trace.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
