@@ -154,6 +154,37 @@ def cmd_energy(args) -> int:
     return 0
 
 
+def cmd_budget(args) -> int:
+    from .budget import estimate
+    from .devices import load_card
+    from .energy import load_energy_model, parse_quantity
+
+    budget = parse_quantity(args.daily_budget, "J", "--daily-budget")
+    battery_mah = parse_quantity(args.battery_mah, "Ah", "--battery-mah") * 1e3 if args.battery_mah else None
+    if args.battery_mah and not args.battery_mah.strip().endswith("Ah"):
+        battery_mah = float(args.battery_mah)  # a bare number is mAh, as the option's name says
+    battery_v = parse_quantity(args.battery_v, "V", "--battery-v") if args.battery_v else None
+    result = estimate(load_card(args.card), args.algorithm, budget, load_energy_model(args.model),
+                      windows_per_day=args.windows_per_day, network=args.network, battery_mah=battery_mah,
+                      battery_v=battery_v)
+    if args.json:
+        print(result.to_json())
+        return 0
+    rows = {"card": result.card_id, "algorithm": result.algorithm, "energy model": result.model,
+            "energy per inference (J)": result.energy_per_inference_j,
+            "energy per learning step (J)": result.energy_per_learning_step_j,
+            "  of which programming": f"{result.programming_share:.1%}",
+            "inference per day (J)": result.inference_energy_per_day_j,
+            "learning steps per day": result.learning_steps_per_day,
+            "fits the budget": "yes" if result.fits else "no: inference alone exceeds it"}
+    if result.best_card_id:
+        rows["best pulse width"] = f"{result.best_pulse_width_s:g} s ({result.best_card_id})"
+    if result.battery_life_days is not None:
+        rows["battery life (days)"] = result.battery_life_days
+    _print_table(rows)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgelearn", description="Emulate on-device learning on ferroelectric "
                                      "synaptic crossbars.")
@@ -219,6 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="schottky-bound (default), capacitive, table, or an EnergyModel JSON file; repeatable")
     en.add_argument("--json", action="store_true", help="print the report(s) as JSON")
     en.set_defaults(func=cmd_energy)
+
+    bu = top.add_parser("budget", help="what on-chip learning fits in a daily energy budget")
+    bu.add_argument("--card", required=True, help="device card file or bundled name")
+    bu.add_argument("--algorithm", choices=["sgd", "mp", "sp-shift"], default="mp")
+    bu.add_argument("--daily-budget", required=True, help="energy per day, e.g. 1mJ, 250uJ, 0.5J")
+    bu.add_argument("--windows-per-day", type=int, default=67_500,
+                    help="inferences per day (default: 2.56 s windows with 50%% overlap)")
+    bu.add_argument("--network", default="paper", help="network preset or sizes like 784-64-10")
+    bu.add_argument("--model", default="schottky-bound", help="energy model name or JSON file")
+    bu.add_argument("--battery-mah", help="battery capacity in mAh (e.g. 300)")
+    bu.add_argument("--battery-v", help="battery voltage (e.g. 3.7V)")
+    bu.add_argument("--json", action="store_true", help="print the answer as JSON")
+    bu.set_defaults(func=cmd_budget)
 
     trace = top.add_parser("trace", help="convert measured traces")
     tr = trace.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
