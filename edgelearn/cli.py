@@ -139,7 +139,8 @@ def cmd_energy(args) -> int:
         raise EdgelearnError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
     if not isinstance(summary, dict) or not {"counters", "epochs", "config"} <= set(summary):
         raise EdgelearnError(f"{path}: not a summary.json of edgelearn train (needs counters, epochs, config)")
-    reports = [report_run(summary, load_energy_model(name)) for name in (args.model or ["schottky-bound"])]
+    names = (args.model or []) + (args.config or []) or ["schottky-bound"]
+    reports = [report_run(summary, load_energy_model(name)) for name in names]
     if args.json:
         print("[" + ",\n".join(r.to_json() for r in reports) + "]" if len(reports) > 1 else reports[0].to_json())
         return 0
@@ -248,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("summary", help="summary.json written by edgelearn train")
     en.add_argument("--model", action="append", metavar="NAME|FILE",
                     help="schottky-bound (default), capacitive, table, or an EnergyModel JSON file; repeatable")
+    en.add_argument("--config", action="append", metavar="FILE", help="an EnergyModel JSON file; repeatable")
     en.add_argument("--json", action="store_true", help="print the report(s) as JSON")
     en.set_defaults(func=cmd_energy)
 

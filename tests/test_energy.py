@@ -124,3 +124,14 @@ def test_energy_cli_errors(tmp_path, capsys):
     with pytest.raises(EdgelearnError):
         load_energy_model(str(custom))
     assert EnergyModel(name="x").programming.kind == "schottky-bound"
+
+
+def test_energy_model_file_overrides(tmp_path):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"name": "mine", "programming": {"kind": "table", "widths_s": [2e-8, 2e-4],
+                                                                 "energies_j": [1e-12, 1e-10]},
+                                "operations": {"adc_j": 1e-12}, "area_m2": 1e-10}))
+    model = load_energy_model(str(path))
+    units = unit_energies(model, load_card("ID170ZR5000-2us"))
+    assert units.pulse_down_j == pytest.approx(1e-11, rel=1e-12)  # 2 us: geometric midpoint of the table
+    assert units.adc_j == 1e-12 and units.area_m2 == 1e-10 and units.dac_j == 0.5e-12
