@@ -9,7 +9,8 @@ from conftest import REPO
 
 
 @pytest.mark.shared
-def test_readme_python_blocks_run(lbe247, tmp_path, capsys):
+def test_readme_python_blocks_run(lbe247, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("EDGELEARN_CACHE_DIR", str(tmp_path / "cache"))
     blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
     assert len(blocks) >= 2
     cwd = os.getcwd()
