@@ -1,0 +1,212 @@
+"""Sensor streams: sources of timestamped multichannel samples, and the controller's windowing front end.
+
+Sources validate everything before returning (one-line errors naming file, line or array); nothing is dropped
+silently. A gap in a CSV stream (a step longer than 1.5 sample periods) splits it into separate recordings, so no
+window spans a gap; this is the documented gap policy (no interpolation).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from firmware_model import frontend
+
+from .errors import InputError
+
+UNLABELLED = -1
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One continuous stretch of samples at a fixed rate."""
+
+    samples: np.ndarray  # float [n, channels], physical units
+    labels: np.ndarray  # int [n], UNLABELLED where unknown
+    rate_hz: float
+    channels: tuple[str, ...]
+    user: int = 0
+    session: int = 0
+    source: str = ""
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples.shape[0] / self.rate_hz
+
+
+class FrontEndConfig(BaseModel):
+    """How the controller turns samples into network inputs."""
+
+    model_config = ConfigDict(extra="forbid")
+    window_s: float = Field(2.56, gt=0, description="window length, seconds")
+    overlap: float = Field(0.5, ge=0, lt=1, description="fraction of a window shared with the next")
+    mode: Literal["features", "raw"] = Field("features", description="per-channel features, or decimated samples")
+    decimation: int = Field(8, ge=1, description="raw mode: keep every n-th sample")
+    full_scale: dict[str, float] = Field({"acc": 8.0, "gyro": 34.9}, description="sensor range per channel prefix "
+                                         "(acc in g, gyro in rad/s: an 8 g / 2000 deg/s IMU); int16 codes span it")
+
+    def geometry(self, rate_hz: float) -> tuple[int, int]:
+        length = int(round(self.window_s * rate_hz))
+        hop = max(1, int(round(length * (1.0 - self.overlap))))
+        return length, hop
+
+    def scale_for(self, channel: str) -> float:
+        for prefix, value in self.full_scale.items():
+            if channel.startswith(prefix):
+                return value
+        raise InputError("front end", f"no full_scale for channel '{channel}' (known prefixes: "
+                         f"{', '.join(self.full_scale)})")
+
+
+def to_codes(recording: Recording, config: FrontEndConfig) -> np.ndarray:
+    """int16 sensor codes: round(x / full_scale * 32767), saturating (what the IMU's ADC delivers)."""
+    scales = np.array([config.scale_for(c) for c in recording.channels])
+    codes = np.round(recording.samples / scales * 32767.0)
+    return np.clip(codes, -32768, 32767).astype(np.int16)
+
+
+def windows(recording: Recording, config: FrontEndConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(network inputs in [-1, 1] [windows, features], window labels, window end times in s).
+    A window's label is the label of most of its samples; UNLABELLED when that is 'unlabelled'."""
+    length, hop = config.geometry(recording.rate_hz)
+    codes = to_codes(recording, config)
+    n_windows = frontend.window_count(codes.shape[0], length, hop)
+    channels = codes.shape[1]
+    if config.mode == "features":
+        out = np.zeros((n_windows, channels * frontend.N_FEATURES), np.int32)
+        frontend.window_features(codes, length, hop, out)
+    else:
+        out = np.zeros((n_windows, channels * (length // config.decimation)), np.int16)
+        frontend.decimate(codes, length, hop, config.decimation, out)
+    inputs = out.astype(np.float64) / 32768.0  # one constant puts every code into the DAC's [-1, 1]
+    labels = np.full(n_windows, UNLABELLED, np.int64)
+    for w in range(n_windows):
+        values, counts = np.unique(recording.labels[w * hop:w * hop + length], return_counts=True)
+        labels[w] = values[np.argmax(counts)]
+    ends = (np.arange(n_windows) * hop + length) / recording.rate_hz
+    return inputs, labels, ends
+
+
+# ------------------------------------------------------------------------------------------------ sources
+
+HAPT_ARRAYS = {"signals": 2, "label": 1, "user": 1, "session": 1, "channels": 1}
+
+
+def load_hapt(path: str | Path, users=None) -> list[Recording]:
+    """UCI HAPT raw signals from the npz of ../shared/datasets/hapt (one Recording per session, 50 Hz, labels 1-12,
+    -1 unlabelled); `users` keeps only those volunteers."""
+    path = Path(path)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"not a readable npz archive ({exc})") from None
+    with archive:
+        for name, ndim in HAPT_ARRAYS.items():
+            if name not in archive.files:
+                raise InputError(path, f"missing array '{name}' (expected {', '.join(HAPT_ARRAYS)})")
+        data = {name: archive[name] for name in HAPT_ARRAYS}
+    for name, ndim in HAPT_ARRAYS.items():
+        if data[name].ndim != ndim:
+            raise InputError(path, f"array '{name}' has {data[name].ndim} dimensions, expected {ndim}")
+    n = data["signals"].shape[0]
+    channels = tuple(str(c) for c in data["channels"])
+    if data["signals"].shape[1] != len(channels):
+        raise InputError(path, f"signals have {data['signals'].shape[1]} columns for {len(channels)} channel names")
+    for name in ("label", "user", "session"):
+        if data[name].shape[0] != n:
+            raise InputError(path, f"array '{name}' has {data[name].shape[0]} rows, signals have {n}")
+    if not np.isfinite(data["signals"]).all():
+        row = int(np.nonzero(~np.isfinite(data["signals"]).all(axis=1))[0][0])
+        raise InputError(path, f"non-finite sample at row {row}", field="signals")
+    bad = (data["label"] != UNLABELLED) & ((data["label"] < 1) | (data["label"] > 12))
+    if bad.any():
+        row = int(np.nonzero(bad)[0][0])
+        raise InputError(path, f"label {int(data['label'][row])} at row {row}: expected 1-12 or -1", field="label")
+    session = data["session"].astype(np.int64)
+    starts = np.r_[0, np.nonzero(np.diff(session))[0] + 1]
+    ends = np.r_[starts[1:], n]
+    wanted = None if users is None else {int(u) for u in users}
+    recordings = []
+    for a, b in zip(starts, ends):
+        user = int(data["user"][a])
+        if np.any(data["user"][a:b] != user):
+            raise InputError(path, f"session {int(session[a])} spans several users", field="user")
+        if wanted is not None and user not in wanted:
+            continue
+        recordings.append(Recording(data["signals"][a:b].astype(np.float64), data["label"][a:b].astype(np.int64),
+                                    50.0, channels, user, int(session[a]), path.name))
+    return recordings
+
+
+def load_csv(path: str | Path, rate_hz: float, label_column: str = "label") -> list[Recording]:
+    """A CSV stream: header `time_s,<channel>,...[,label]`, one sample per line, time in seconds ascending, label an
+    integer or empty (unlabelled). The sampling rate must match rate_hz within 1 %; gaps split the stream."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except UnicodeDecodeError:
+        raise InputError(path, "not a text file") from None
+    if not lines:
+        raise InputError(path, "empty file: expected a header 'time_s,<channels>[,label]'", 1)
+    header = [h.strip() for h in lines[0].split(",")]
+    if header[0] != "time_s":
+        raise InputError(path, f"first column must be 'time_s' (seconds), got '{header[0]}'", 1)
+    has_label = header[-1] == label_column
+    channels = tuple(header[1:-1] if has_label else header[1:])
+    if not channels:
+        raise InputError(path, "no sensor channels in the header", 1)
+    times, rows, labels = [], [], []
+    for line_no, raw in enumerate(lines[1:], start=2):
+        if not raw.strip():
+            continue
+        cells = raw.split(",")
+        if len(cells) != len(header):
+            raise InputError(path, f"expected {len(header)} values, got {len(cells)}", line_no)
+        try:
+            t = float(cells[0])
+        except ValueError:
+            raise InputError(path, f"expected a number, got '{cells[0].strip()}'", line_no, "time_s") from None
+        values = []
+        for name, text in zip(channels, cells[1:1 + len(channels)]):
+            try:
+                v = float(text)
+            except ValueError:
+                raise InputError(path, f"expected a number, got '{text.strip()}'", line_no, name) from None
+            if not math.isfinite(v):
+                raise InputError(path, f"expected a finite number, got '{text.strip()}'", line_no, name)
+            values.append(v)
+        label = UNLABELLED
+        if has_label and cells[-1].strip():
+            try:
+                label = int(cells[-1])
+            except ValueError:
+                raise InputError(path, f"expected an integer label or nothing, got '{cells[-1].strip()}'", line_no,
+                                 label_column) from None
+        if times and t <= times[-1]:
+            raise InputError(path, f"time must increase, got {t} after {times[-1]}", line_no, "time_s")
+        times.append(t)
+        rows.append(values)
+        labels.append(label)
+    if len(times) < 2:
+        raise InputError(path, f"needs at least 2 samples, has {len(times)}")
+    t = np.array(times)
+    dt = np.diff(t)
+    period = 1.0 / rate_hz
+    regular = dt[dt <= 1.5 * period]
+    if regular.size == 0 or abs(np.median(regular) - period) > 0.01 * period:
+        found = 1.0 / np.median(dt)
+        raise InputError(path, f"sampling rate {found:.4g} Hz, expected {rate_hz:g} Hz (within 1 %)", field="time_s")
+    cuts = np.nonzero(dt > 1.5 * period)[0] + 1
+    samples, label_array = np.array(rows), np.array(labels, np.int64)
+    bounds = np.r_[0, cuts, len(times)]
+    return [Recording(samples[a:b], label_array[a:b], rate_hz, channels, 0, k, path.name)
+            for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])) if b > a]
