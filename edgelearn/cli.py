@@ -186,6 +186,29 @@ def cmd_budget(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from .continual import load_run_config, run_stream, write_outputs
+
+    overrides = dict(source=args.source, path=args.path, card=args.card, algorithm=args.algorithm,
+                     label_rate=args.label_rate, lr=args.lr, seed=args.seed, energy_model=args.energy_model)
+    config = load_run_config(args.config, overrides)
+    result = run_stream(config, progress=not args.quiet)
+    if args.out:
+        write_outputs(result, args.out)
+    if args.json:
+        print(result.to_json())
+        return 0
+    _print_table({"card": result.card_id, "algorithm": config.algorithm, "stream (s)": result.stream_seconds,
+                  "windows": result.windows, "learning steps": result.learning_steps,
+                  "prequential accuracy": result.prequential_accuracy,
+                  "held-out accuracy before": result.accuracy_before, "held-out accuracy after": result.accuracy_after,
+                  "pulses": result.pulses, f"energy per window (J, {result.energy_model})": result.energy_per_window_j,
+                  "energy per day (J)": result.energy_per_day_j, "real-time factor": result.real_time_factor})
+    if args.out:
+        print(f"wrote {args.out}/summary.json, {args.out}/stream.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgelearn", description="Emulate on-device learning on ferroelectric "
                                      "synaptic crossbars.")
@@ -265,6 +288,21 @@ def build_parser() -> argparse.ArgumentParser:
     bu.add_argument("--battery-v", help="battery voltage (e.g. 3.7V)")
     bu.add_argument("--json", action="store_true", help="print the answer as JSON")
     bu.set_defaults(func=cmd_budget)
+
+    run = top.add_parser("run", help="continuous wearable learning on a sensor stream (default: BasicMotions)")
+    run.add_argument("--config", help="TOML file with any RunConfig fields (docs/architecture.md)")
+    run.add_argument("--source", choices=["basicmotions", "hapt", "csv"])
+    run.add_argument("--path", help="hapt npz or csv stream file")
+    run.add_argument("--card")
+    run.add_argument("--algorithm", choices=["mp", "sgd", "sp-shift"])
+    run.add_argument("--label-rate", type=float, help="fraction of windows whose label arrives")
+    run.add_argument("--lr", type=float)
+    run.add_argument("--seed", type=int)
+    run.add_argument("--energy-model", help="energy model name or JSON file")
+    run.add_argument("--out", help="directory for summary.json and stream.png")
+    run.add_argument("--quiet", action="store_true")
+    run.add_argument("--json", action="store_true")
+    run.set_defaults(func=cmd_run)
 
     trace = top.add_parser("trace", help="convert measured traces")
     tr = trace.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")

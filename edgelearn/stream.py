@@ -210,3 +210,62 @@ def load_csv(path: str | Path, rate_hz: float, label_column: str = "label") -> l
     bounds = np.r_[0, cuts, len(times)]
     return [Recording(samples[a:b], label_array[a:b], rate_hz, channels, 0, k, path.name)
             for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])) if b > a]
+
+
+BASIC_MOTIONS_CHANNELS = ("acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z")
+
+
+def basic_motions_path(split: str) -> Path:
+    """The BasicMotions .ts file shipped inside the sktime package (read as data; sktime is never imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sktime")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError("BasicMotions", "the embedded dataset ships inside the sktime package: pip install sktime")
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "BasicMotions" / \
+        f"BasicMotions_{split.upper()}.ts"
+    if not path.is_file():
+        raise InputError(path, "missing from the installed sktime package")
+    return path
+
+
+def load_ts(path: str | Path, rate_hz: float, channels: tuple[str, ...]) -> tuple[list[Recording], list[str]]:
+    """A multivariate equal-length .ts file (sktime / UEA format): one Recording per instance, labelled with the
+    index of its class in the @classLabel list. Returns (recordings, class names)."""
+    path = Path(path)
+    classes: list[str] = []
+    recordings = []
+    in_data = False
+    for line_no, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not in_data:
+            lowered = line.lower()
+            if lowered.startswith("@classlabel"):
+                classes = line.split()[2:]
+            elif lowered.startswith("@data"):
+                in_data = True
+            continue
+        *dims, label = line.split(":")
+        if len(dims) != len(channels):
+            raise InputError(path, f"{len(dims)} dimensions, expected {len(channels)}", line_no)
+        if label not in classes:
+            raise InputError(path, f"class '{label}' not in @classLabel {classes}", line_no)
+        try:
+            series = np.array([[float(v) for v in dim.split(",")] for dim in dims]).T
+        except ValueError:
+            raise InputError(path, "expected comma-separated numbers in every dimension", line_no) from None
+        if not np.isfinite(series).all():
+            raise InputError(path, "non-finite value", line_no)
+        recordings.append(Recording(series, np.full(series.shape[0], classes.index(label), np.int64), rate_hz,
+                                    channels, 0, len(recordings), path.name))
+    if not recordings:
+        raise InputError(path, "no @data instances")
+    return recordings, classes
+
+
+def load_basic_motions(split: str = "train") -> tuple[list[Recording], list[str]]:
+    """BasicMotions (smartwatch accelerometer + gyroscope, 10 Hz, 10 s instances of Standing / Running / Walking /
+    Badminton), the embedded default stream; split 'train' or 'test' (40 instances each)."""
+    return load_ts(basic_motions_path(split), 10.0, BASIC_MOTIONS_CHANNELS)

@@ -1,0 +1,287 @@
+"""Continuous wearable learning, the main job: pre-train, then stream windows through the emulated chip, inferring on
+every window and learning whenever a label arrives (prequential, test-then-train), with every event counted and
+costed. `edgelearn run` is a thin layer over `run_stream`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .algorithms import make_algorithm
+from .devices import load_card
+from .energy import cost, load_energy_model, unit_energies
+from .errors import EdgelearnError, InputError
+from .network import Network
+from .stream import FrontEndConfig, Recording, load_basic_motions, load_csv, load_hapt, windows
+from .traces import write_atomically
+
+
+class RunConfig(BaseModel):
+    """Every option of `edgelearn run`; also the schema of its TOML config file."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: Literal["basicmotions", "hapt", "csv"] = Field("basicmotions", description="sensor stream source")
+    path: str | None = Field(None, description="hapt: the npz; csv: the stream file (pretrain_path for pre-training)")
+    pretrain_path: str | None = Field(None, description="csv: a labelled file for pre-training")
+    rate_hz: float | None = Field(None, gt=0, description="csv: sampling rate")
+    pretrain_users: list[int] = Field(list(range(1, 21)), description="hapt: users to pre-train on")
+    stream_users: list[int] = Field([21], description="hapt: the new wearer(s) streamed")
+    card: str = Field("ID170ZR5000-20ns", description="device card file or bundled name")
+    algorithm: Literal["mp", "sgd", "sp-shift"] = "mp"
+    hidden: int = Field(32, ge=1, description="hidden units of the one-hidden-layer network")
+    activation: Literal["sigmoid", "relu"] = "sigmoid"
+    pretrain: Literal["on-chip", "digital", "none"] = Field("on-chip", description="how the network starts")
+    pretrain_epochs: int = Field(30, ge=0)
+    pretrain_lr: float = Field(0.5, gt=0)
+    pretrain_batch: int = Field(8, ge=1)
+    lr: float = Field(0.2, gt=0, description="learning rate on the stream (one window per step)")
+    label_rate: float = Field(0.1, ge=0, le=1, description="fraction of stream windows whose label arrives")
+    holdout_every: int = Field(4, ge=2, description="every n-th block of 10 stream windows is held out to measure "
+                                                    "adaptation")
+    moved_sensor: bool = Field(True, description="rotate the streamed sensor 90 degrees about z (the watch was put "
+                                                 "on differently): the shift the device must adapt to")
+    frontend: FrontEndConfig = FrontEndConfig(full_scale={"acc": 40.0, "gyro": 40.0})
+    energy_model: str = Field("table", description="energy model name or JSON file")
+    seed: int = Field(0, ge=0)
+
+
+def load_run_config(path: str | Path | None, overrides: dict | None = None) -> RunConfig:
+    """Defaults, then the TOML file, then command-line overrides; one-line errors naming the file and field."""
+    data: dict = {}
+    if path is not None:
+        import tomllib
+
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise InputError(path, "file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(path, f"not valid TOML ({exc})") from None
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        raise InputError(path or "command line", err["msg"], field=where) from None
+
+
+@dataclass
+class RunResult:
+    config: dict
+    card_id: str
+    classes: list
+    stream_seconds: float
+    windows: int
+    labelled_windows: int
+    learning_steps: int
+    prequential_accuracy: float
+    accuracy_before: float
+    accuracy_after: float
+    held_out_windows: int
+    pulses: int
+    counters: dict
+    energy_model: str
+    energy_per_window_j: float
+    energy_per_learning_step_j: float
+    energy_per_inference_j: float
+    energy_per_day_j: float
+    wall_s: float
+    real_time_factor: float
+    pretrain: dict = field(default_factory=dict)
+    timeline: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def _recordings(config: RunConfig):
+    """(pre-training recordings, stream recordings, class names)."""
+    if config.source == "basicmotions":
+        train, classes = load_basic_motions("train")
+        test, _ = load_basic_motions("test")
+        # the file lists instances class by class; a wearer's day interleaves activities, so the stream order is a
+        # seeded shuffle of the 10 s recordings
+        order = np.random.default_rng([config.seed, 3]).permutation(len(test))
+        return train, [test[k] for k in order], classes
+    if config.source == "hapt":
+        if config.path is None:
+            raise EdgelearnError("source hapt needs path (the hapt_raw.npz file)")
+        train = load_hapt(config.path, users=config.pretrain_users)
+        stream = load_hapt(config.path, users=config.stream_users)
+        if not stream:
+            raise EdgelearnError(f"no HAPT sessions for stream_users {config.stream_users}")
+        return train, stream, None  # HAPT activity ids 1-12 name themselves
+    if config.path is None or config.rate_hz is None:
+        raise EdgelearnError("source csv needs path and rate_hz")
+    stream = load_csv(config.path, config.rate_hz)
+    train = load_csv(config.pretrain_path, config.rate_hz) if config.pretrain_path else []
+    return train, stream, None
+
+
+def _moved(recording: Recording) -> Recording:
+    """The same motion seen by a sensor turned 90 degrees about its z axis: (x, y, z) -> (y, -x, z) for the
+    accelerometer and the gyroscope alike."""
+    samples = recording.samples.copy()
+    for prefix in ("acc", "gyro"):
+        cols = {c[-1]: k for k, c in enumerate(recording.channels) if c.startswith(prefix)}
+        if "x" in cols and "y" in cols:
+            x, y = recording.samples[:, cols["x"]], recording.samples[:, cols["y"]]
+            samples[:, cols["x"]], samples[:, cols["y"]] = y, -x
+    return Recording(samples, recording.labels, recording.rate_hz, recording.channels, recording.user,
+                     recording.session, recording.source)
+
+
+def _window_set(recordings: list[Recording], frontend: FrontEndConfig):
+    """(inputs, labels, end times on one stream clock) of all recordings' windows, in order."""
+    xs, ys, ends = [], [], []
+    offset = 0.0
+    for rec in recordings:
+        x, y, e = windows(rec, frontend)
+        xs.append(x)
+        ys.append(y)
+        ends.append(e + offset)
+        offset += rec.duration_s
+    if not xs:
+        return np.zeros((0, 0)), np.zeros(0, np.int64), np.zeros(0)
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ends)
+
+
+def _class_map(labels: np.ndarray):
+    known = sorted(int(v) for v in np.unique(labels) if v >= 0)
+    return {v: k for k, v in enumerate(known)}
+
+
+def run_stream(config: RunConfig, progress: bool = True) -> RunResult:
+    """Pre-train, then stream: infer every window, learn on the labelled ones (with probability label_rate)."""
+    wall0 = time.perf_counter()
+    train_recs, stream_recs, class_names = _recordings(config)
+    if config.moved_sensor:
+        stream_recs = [_moved(r) for r in stream_recs]
+    x_train, y_train, _ = _window_set(train_recs, config.frontend)
+    x_stream, y_stream, t_stream = _window_set(stream_recs, config.frontend)
+    if len(y_stream) == 0:
+        raise EdgelearnError("the stream is shorter than one window")
+    classes = _class_map(np.concatenate([y_train, y_stream]))
+    if len(classes) < 2:
+        raise EdgelearnError("the data have fewer than two labelled classes")
+    to_index = np.vectorize(lambda v: classes.get(int(v), -1))
+    y_train_i, y_stream_i = to_index(y_train) if len(y_train) else y_train, to_index(y_stream)
+    card = load_card(config.card)
+    algorithm = make_algorithm(config.algorithm)
+    sizes = (x_stream.shape[1], config.hidden, len(classes))
+    net = Network(sizes, config.activation, card=card, seed=config.seed, references=algorithm.references)
+    algorithm.prepare(net)
+    rng = np.random.default_rng([config.seed, 7])
+    pretrain = dict(mode=config.pretrain, windows=int((y_train_i >= 0).sum()))
+    if config.pretrain != "none" and (y_train_i >= 0).any():
+        labelled = np.nonzero(y_train_i >= 0)[0]
+        if config.pretrain == "digital":
+            digital = Network(sizes, config.activation, digital=True, seed=config.seed)
+            digital.initialise()
+            teacher = make_algorithm("digital")
+        for epoch in range(config.pretrain_epochs):
+            order = rng.permutation(labelled)
+            for start in range(0, len(order), config.pretrain_batch):
+                idx = order[start:start + config.pretrain_batch]
+                model, algo = (digital, teacher) if config.pretrain == "digital" else (net, algorithm)
+                _, _, grads = model.gradients(x_train[idx], y_train_i[idx])
+                for layer, (inputs, deltas) in zip(model.layers, grads):
+                    algo.update(layer, inputs, deltas, config.pretrain_lr)
+        if config.pretrain == "digital":  # factory-program the digitally trained weights (not counted)
+            for layer, source in zip(net.layers, digital.layers):
+                layer.set_weights(source.weights)
+        pretrain["train_accuracy"] = net.accuracy(x_train[labelled], y_train_i[labelled])
+    # held out: every holdout_every-th block of 10 consecutive windows (never learned from, scored before and after)
+    held = (np.arange(len(y_stream)) // 10) % config.holdout_every == config.holdout_every - 1
+    held_idx = np.nonzero(held & (y_stream_i >= 0))[0]
+    accuracy_before = net.accuracy(x_stream[held_idx], y_stream_i[held_idx]) if len(held_idx) else float("nan")
+    before = net.board.counters().counts
+    units = unit_energies(load_energy_model(config.energy_model), card)
+    stream_idx = np.nonzero(~held)[0]
+    correct = judged = steps = 0
+    curve_t, curve_acc, curve_energy = [], [], []
+    inference_counts = learning_counts = None
+    t_start = time.perf_counter()
+    for n, w in enumerate(stream_idx):
+        c0 = net.board.counters().counts if inference_counts is None else None
+        logits, _, _ = net.forward(x_stream[w:w + 1])
+        if inference_counts is None:
+            c1 = net.board.counters().counts
+            inference_counts = {k: c1[k] - c0[k] for k in c1}
+        label = y_stream_i[w]
+        if label >= 0:
+            judged += 1
+            correct += int(logits[0].argmax() == label)
+            if rng.random() < config.label_rate:
+                _, _, grads = net.gradients(x_stream[w:w + 1], np.array([label]))
+                for layer, (inputs, deltas) in zip(net.layers, grads):
+                    algorithm.update(layer, inputs, deltas, config.lr)
+                steps += 1
+        if judged and (n % 10 == 0 or n == len(stream_idx) - 1):
+            now = net.board.counters().counts
+            curve_t.append(float(t_stream[w]))
+            curve_acc.append(correct / judged)
+            curve_energy.append(cost({k: now[k] - before[k] for k in now}, units)["total"])
+            if progress:
+                print(f"\rstream {t_stream[w]:7.1f} s  windows {n + 1}/{len(stream_idx)}  prequential "
+                      f"{correct / judged:.3f}  learning steps {steps}  energy {curve_energy[-1]:.3e} J", end="",
+                      flush=True)
+    stream_wall = time.perf_counter() - t_start
+    if progress:
+        print()
+    after = net.board.counters().counts
+    diff = {k: after[k] - before[k] for k in after}
+    accuracy_after = net.accuracy(x_stream[held_idx], y_stream_i[held_idx]) if len(held_idx) else float("nan")
+    diff_held = {k: net.board.counters().counts[k] - after[k] for k in after}
+    stream_counts = {k: diff[k] for k in diff}
+    total_j = cost(stream_counts, units)["total"]
+    inference_j = cost(inference_counts, units)["total"]
+    learning_j = (total_j - inference_j * len(stream_idx)) / steps if steps else 0.0
+    hop_s = config.frontend.geometry(stream_recs[0].rate_hz)[1] / stream_recs[0].rate_hz
+    windows_per_day = 86_400.0 / hop_s
+    stream_seconds = float(sum(r.duration_s for r in stream_recs))
+    return RunResult(
+        config=config.model_dump(), card_id=card.card_id,
+        classes=[class_names[v] if class_names else str(v) for v in classes],
+        stream_seconds=stream_seconds, windows=int(len(stream_idx)), labelled_windows=int(judged), learning_steps=steps,
+        prequential_accuracy=correct / judged if judged else float("nan"), accuracy_before=accuracy_before,
+        accuracy_after=accuracy_after, held_out_windows=int(len(held_idx)),
+        pulses=int(diff["pulses_up"] + diff["pulses_down"]), counters=stream_counts, energy_model=units.model,
+        energy_per_window_j=total_j / max(1, len(stream_idx)), energy_per_learning_step_j=learning_j,
+        energy_per_inference_j=inference_j,
+        energy_per_day_j=windows_per_day * (inference_j + config.label_rate * learning_j),
+        wall_s=time.perf_counter() - wall0, real_time_factor=stream_seconds / max(stream_wall, 1e-9),
+        pretrain=pretrain, timeline=dict(t_s=curve_t, prequential_accuracy=curve_acc, energy_j=curve_energy,
+                                         held_out_inference_counts=diff_held))
+
+
+def write_outputs(result: RunResult, out: str | Path) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomically(out / "summary.json", result.to_json() + "\n")
+    from .report import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    t = result.timeline["t_s"]
+    ax.plot(t, result.timeline["prequential_accuracy"], color="tab:blue")
+    ax.set_xlabel("stream time (s)")
+    ax.set_ylabel("prequential accuracy", color="tab:blue")
+    ax.set_ylim(0, 1)
+    ax2 = ax.twinx()
+    ax2.plot(t, result.timeline["energy_j"], color="tab:red")
+    ax2.set_ylabel(f"cumulative energy, J ({result.energy_model})", color="tab:red")
+    ax.set_title(f"{result.card_id}, {result.config['algorithm']}: before {result.accuracy_before:.2f}, after "
+                 f"{result.accuracy_after:.2f}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "stream.png", dpi=90)
+    plt.close(fig)

@@ -1,0 +1,86 @@
+"""The streaming main job: config validation, a short stream through the emulated chip, counts and energy."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgelearn.cli import main
+from edgelearn.continual import RunConfig, load_run_config, run_stream
+from edgelearn.errors import InputError
+
+
+def write_stream(path, seconds, rate=20.0, seed=0, shift=0.0):
+    """Two synthetic activities: gentle (0.3 g, 1 Hz) and vigorous (1 g, 3 Hz) swinging of a 3-axis accelerometer,
+    labelled 0 / 1 in alternating 5 s blocks."""
+    rng = np.random.default_rng(seed)
+    rows, t = [], 0.0
+    for block in range(int(seconds // 5)):
+        label = block % 2
+        freq, amplitude = (1.0, 0.3) if label == 0 else (3.0, 1.0)
+        for _ in range(int(5 * rate)):
+            x = amplitude * np.sin(2 * np.pi * freq * t) + shift
+            rows.append(f"{t:.4f},{x + 0.05 * rng.standard_normal():.5f},{0.5 * x:.5f},{1.0:.5f},{label}")
+            t += 1.0 / rate
+    path.write_text("time_s,acc_x,acc_y,acc_z,label\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_config_errors_name_file_and_field(tmp_path):
+    bad = tmp_path / "run.toml"
+    bad.write_text('label_rate = 2.0\n')
+    with pytest.raises(InputError, match=r"run\.toml: field 'label_rate': Input should be less than or equal to 1"):
+        load_run_config(bad)
+    bad.write_text('labelrate = 0.5\n')
+    with pytest.raises(InputError, match=r"field 'labelrate': Extra inputs are not permitted"):
+        load_run_config(bad)
+    bad.write_text('label_rate = \n')
+    with pytest.raises(InputError, match=r"run\.toml: not valid TOML"):
+        load_run_config(bad)
+    config = load_run_config(None, {"lr": 0.3, "card": None})
+    assert config.lr == 0.3 and config.card == "ID170ZR5000-20ns"
+
+
+def test_short_csv_stream_runs_and_counts(tmp_path):
+    pre = write_stream(tmp_path / "pre.csv", 200, seed=1)
+    stream = write_stream(tmp_path / "stream.csv", 200, seed=2)
+    toml = tmp_path / "run.toml"
+    toml.write_text(f'source = "csv"\npath = "{stream}"\npretrain_path = "{pre}"\nrate_hz = 20.0\n'
+                    'label_rate = 0.5\nlr = 0.05\nmoved_sensor = false\nhidden = 8\npretrain_epochs = 20\n'
+                    '[frontend]\nwindow_s = 2.0\noverlap = 0.5\nfull_scale = { acc = 4.0 }\n')
+    result = run_stream(load_run_config(toml), progress=False)
+    assert result.windows > 100 and result.learning_steps > 20
+    assert result.pretrain["train_accuracy"] > 0.75  # two easy activities (windows across a switch are mixed)
+    assert result.prequential_accuracy > 0.7  # chance is 0.5
+    c = result.counters
+    assert result.pulses == c["pulses_up"] + c["pulses_down"]
+    # every stream window is one forward pass per layer; learning steps add one backward pass (layer 2) each
+    assert c["mvm_forward"] == 2 * result.windows + 2 * result.learning_steps
+    assert c["mvm_backward"] == result.learning_steps
+    assert result.energy_per_window_j > 0 and result.energy_per_day_j > result.energy_per_inference_j
+    assert result.real_time_factor > 100
+    again = run_stream(load_run_config(toml), progress=False)
+    assert again.counters == result.counters and again.prequential_accuracy == result.prequential_accuracy
+
+
+def test_run_cli_writes_outputs(tmp_path, capsys):
+    stream = write_stream(tmp_path / "s.csv", 60)
+    toml = tmp_path / "r.toml"
+    toml.write_text(f'source = "csv"\npath = "{stream}"\nrate_hz = 20.0\npretrain = "none"\nhidden = 4\n'
+                    '[frontend]\nwindow_s = 2.0\nfull_scale = { acc = 4.0 }\n')
+    assert main(["run", "--config", str(toml), "--out", str(tmp_path / "out"), "--quiet", "--json"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["config"]["source"] == "csv" and summary["windows"] > 0
+    assert (tmp_path / "out" / "stream.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["run", "--config", str(tmp_path / "missing.toml"), "--quiet"]) == 2
+    assert "missing.toml: file not found" in capsys.readouterr().err
+
+
+def test_default_run_on_embedded_basicmotions():
+    pytest.importorskip("sktime", reason="BasicMotions ships inside sktime (a core dependency)")
+    result = run_stream(RunConfig(), progress=False)
+    assert result.config["source"] == "basicmotions" and result.stream_seconds == 400.0
+    assert result.windows + result.held_out_windows == 240  # 40 recordings x 6 windows of 2.56 s at 10 Hz
+    assert result.prequential_accuracy > 0.6  # four activities: chance is 0.25
+    assert result.real_time_factor > 100
+    assert result.classes == ["Standing", "Running", "Walking", "Badminton"]
