@@ -7,7 +7,6 @@ window spans a gap; this is the documented gap policy (no interpolation).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from firmware_model import frontend
 
 from .errors import InputError
+from .traces import parse_number
 
 UNLABELLED = -1
 
@@ -171,19 +171,8 @@ def load_csv(path: str | Path, rate_hz: float, label_column: str = "label") -> l
         cells = raw.split(",")
         if len(cells) != len(header):
             raise InputError(path, f"expected {len(header)} values, got {len(cells)}", line_no)
-        try:
-            t = float(cells[0])
-        except ValueError:
-            raise InputError(path, f"expected a number, got '{cells[0].strip()}'", line_no, "time_s") from None
-        values = []
-        for name, text in zip(channels, cells[1:1 + len(channels)]):
-            try:
-                v = float(text)
-            except ValueError:
-                raise InputError(path, f"expected a number, got '{text.strip()}'", line_no, name) from None
-            if not math.isfinite(v):
-                raise InputError(path, f"expected a finite number, got '{text.strip()}'", line_no, name)
-            values.append(v)
+        t = parse_number(path, line_no, "time_s", cells[0])
+        values = [parse_number(path, line_no, name, text) for name, text in zip(channels, cells[1:1 + len(channels)])]
         label = UNLABELLED
         if has_label and cells[-1].strip():
             try:

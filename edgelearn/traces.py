@@ -153,7 +153,8 @@ def _read_text(path: Path) -> str:
         raise InputError(path, f"not a text file (byte {exc.start} is not UTF-8)") from None
 
 
-def _number(path, line_no, field_name, text) -> float:
+def parse_number(path, line_no, field_name, text) -> float:
+    """A finite float from a cell of a text file, or an InputError naming file, line and field."""
     try:
         value = float(text)
     except ValueError:
@@ -164,7 +165,7 @@ def _number(path, line_no, field_name, text) -> float:
 
 
 def _integer(path, line_no, field_name, text) -> int:
-    value = _number(path, line_no, field_name, text)
+    value = parse_number(path, line_no, field_name, text)
     if value != int(value):
         raise InputError(path, f"expected a whole number, got '{text.strip()}'", line_no, field_name)
     return int(value)
@@ -224,7 +225,7 @@ def _parse_csv_trace(path: Path, text: str) -> Trace:
             parts = value.split(",")
             if len(parts) != 4:
                 raise InputError(path, "expected four volts: pos_start,pos_end,neg_start,neg_end", line_no, key)
-            nums = [_number(path, line_no, key, p) for p in parts]
+            nums = [parse_number(path, line_no, key, p) for p in parts]
             header[key] = dict(zip(("pos_start_v", "pos_end_v", "neg_start_v", "neg_end_v"), nums))
         else:
             header[key] = value
@@ -243,14 +244,14 @@ def _parse_csv_trace(path: Path, text: str) -> Trace:
     pulses, amps, pols, gs = [], [], [], []
     for row_no, cells in _table_rows(path, lines, line_no, TRACE_COLUMNS):
         pulse = _integer(path, row_no, "pulse", cells[0])
-        amp = _number(path, row_no, "amplitude_v", cells[1])
+        amp = parse_number(path, row_no, "amplitude_v", cells[1])
         pol_text = cells[2].strip()
         if pol_text not in ("+1", "1", "-1"):
             raise InputError(path, f"expected +1 or -1, got '{pol_text}'", row_no, "polarity")
         pol = -1 if pol_text == "-1" else 1
         if amp != 0.0 and (amp > 0) != (pol > 0):
             raise InputError(path, f"polarity {pol_text} disagrees with amplitude {amp} V", row_no, "polarity")
-        g = _number(path, row_no, "conductance_s", cells[3])
+        g = parse_number(path, row_no, "conductance_s", cells[3])
         if g <= 0.0:
             raise InputError(path, f"expected a positive conductance in siemens, got {g}", row_no, "conductance_s")
         if g > 1.0:
@@ -319,12 +320,12 @@ def _parse_wgfmu(path: Path, text: str, cutoffs, use_cutoffs: bool) -> Trace:
     date_text, time_text = ident["test_date"][0].strip(), ident["test_time"][0].strip()
     measured_at = _iso_datetime(path, date_text, time_text)
     settings = _dat_block(path, lines, 3, _DAT_SETTINGS)
-    values = {k: _number(path, ln, k, v) for k, (v, ln) in settings.items() if k in _DAT_SETTINGS}
+    values = {k: parse_number(path, ln, k, v) for k, (v, ln) in settings.items() if k in _DAT_SETTINGS}
     width = values["pulseWidth"]
     if not 1e-10 <= width <= 1.0:
         raise InputError(path, f"{width} is not a pulse width in seconds (expected 1e-10 to 1; wrong unit?)", 4, "pulseWidth")
     analysis = _dat_block(path, lines, 5, _DAT_ANALYSIS)
-    av = {k: _number(path, ln, k, v) for k, (v, ln) in analysis.items() if k in _DAT_ANALYSIS}
+    av = {k: parse_number(path, ln, k, v) for k, (v, ln) in analysis.items() if k in _DAT_ANALYSIS}
     if not math.isclose(av["twidth (s)"], width, rel_tol=1e-6):
         raise InputError(path, f"analysis width {av['twidth (s)']} s disagrees with pulseWidth {width} s", 6, "twidth (s)")
     n_pos_expected = _integer(path, 6, "num_LTP", analysis["num_LTP"][0])
@@ -336,9 +337,9 @@ def _parse_wgfmu(path: Path, text: str, cutoffs, use_cutoffs: bool) -> Trace:
     for line_no, cells in _table_rows(path, lines, 7, _DAT_DATA):
         number = _integer(path, line_no, "Pulse Number", cells[0])
         index = _integer(path, line_no, "index", cells[1])
-        amp = _number(path, line_no, "Pulse Amplitude (V)", cells[2])
-        r_low = _number(path, line_no, "R_low (ohm)", cells[3])
-        r_high = _number(path, line_no, "R_high (ohm)", cells[4])
+        amp = parse_number(path, line_no, "Pulse Amplitude (V)", cells[2])
+        r_low = parse_number(path, line_no, "R_low (ohm)", cells[3])
+        r_high = parse_number(path, line_no, "R_high (ohm)", cells[4])
         for name, r in (("R_low (ohm)", r_low), ("R_high (ohm)", r_high)):
             if r <= 0.0:
                 raise InputError(path, f"expected a positive resistance in ohm, got {r}", line_no, name)
@@ -414,7 +415,7 @@ def _cutoff_range(path: Path, device_id: str, date_text: str, time_text: str) ->
         if (cells[col["device_id"]].strip(), cells[col["test_date"]].strip(), cells[col["test_time"]].strip()) != (
                 device_id, date_text, time_text):
             continue
-        nums = {c: _number(path, line_no, c, cells[col[c]]) for c in _CUTOFF_COLUMNS[3:]}
+        nums = {c: parse_number(path, line_no, c, cells[col[c]]) for c in _CUTOFF_COLUMNS[3:]}
         candidate = VoltageRange(pos_start_v=nums["VStartPos"], pos_end_v=nums["VEndPos"],
                                  neg_start_v=nums["VStartNeg"], neg_end_v=nums["VEndNeg"])
         if found is not None and found != candidate:
