@@ -209,7 +209,7 @@ def run_stream(config: RunConfig, progress: bool = True) -> RunResult:
     stream_idx = np.nonzero(~held)[0]
     correct = judged = steps = 0
     curve_t, curve_acc, curve_energy = [], [], []
-    inference_counts = learning_counts = None
+    inference_counts = None
     t_start = time.perf_counter()
     for n, w in enumerate(stream_idx):
         c0 = net.board.counters().counts if inference_counts is None else None
@@ -242,8 +242,7 @@ def run_stream(config: RunConfig, progress: bool = True) -> RunResult:
     diff = {k: after[k] - before[k] for k in after}
     accuracy_after = net.accuracy(x_stream[held_idx], y_stream_i[held_idx]) if len(held_idx) else float("nan")
     diff_held = {k: net.board.counters().counts[k] - after[k] for k in after}
-    stream_counts = {k: diff[k] for k in diff}
-    total_j = cost(stream_counts, units)["total"]
+    total_j = cost(diff, units)["total"]
     inference_j = cost(inference_counts, units)["total"]
     learning_j = (total_j - inference_j * len(stream_idx)) / steps if steps else 0.0
     hop_s = config.frontend.geometry(stream_recs[0].rate_hz)[1] / stream_recs[0].rate_hz
@@ -255,7 +254,7 @@ def run_stream(config: RunConfig, progress: bool = True) -> RunResult:
         stream_seconds=stream_seconds, windows=int(len(stream_idx)), labelled_windows=int(judged), learning_steps=steps,
         prequential_accuracy=correct / judged if judged else float("nan"), accuracy_before=accuracy_before,
         accuracy_after=accuracy_after, held_out_windows=int(len(held_idx)),
-        pulses=int(diff["pulses_up"] + diff["pulses_down"]), counters=stream_counts, energy_model=units.model,
+        pulses=int(diff["pulses_up"] + diff["pulses_down"]), counters=diff, energy_model=units.model,
         energy_per_window_j=total_j / max(1, len(stream_idx)), energy_per_learning_step_j=learning_j,
         energy_per_inference_j=inference_j,
         energy_per_day_j=windows_per_day * (inference_j + config.label_rate * learning_j),

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from edgelearn.devices import (DeviceCard, PiecewiseStepModel, bundled_cards, device_area, fit_device, load_card,
+from edgelearn.devices import (PiecewiseStepModel, bundled_cards, device_area, fit_device, load_card,
                                symmetry_points, validate_card, width_label)
 from edgelearn.errors import EdgelearnError, InputError
 from edgelearn.traces import Trace, TraceMeta, load_trace

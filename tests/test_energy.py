@@ -8,7 +8,7 @@ import pytest
 from edgelearn.cli import main
 from edgelearn.devices import load_card
 from edgelearn.energy import (Capacitive, EnergyModel, SchottkyBound, TableModel, cost, load_energy_model,
-                              parse_quantity, report_run, unit_energies)
+                              parse_quantity, unit_energies)
 from edgelearn.errors import EdgelearnError
 
 
