@@ -104,14 +104,14 @@ class RunResult:
 
 
 def _recordings(config: RunConfig):
-    """(pre-training recordings, stream recordings, class names)."""
+    """(pre-training recordings, stream recordings, class names or None, label values of the classes or None)."""
     if config.source == "basicmotions":
         train, classes = load_basic_motions("train")
         test, _ = load_basic_motions("test")
         # the file lists instances class by class; a wearer's day interleaves activities, so the stream order is a
         # seeded shuffle of the 10 s recordings
         order = np.random.default_rng([config.seed, 3]).permutation(len(test))
-        return train, [test[k] for k in order], classes
+        return train, [test[k] for k in order], classes, list(range(len(classes)))
     if config.source == "hapt":
         if config.path is None:
             raise EdgelearnError("source hapt needs path (the hapt_raw.npz file)")
@@ -119,12 +119,12 @@ def _recordings(config: RunConfig):
         stream = load_hapt(config.path, users=config.stream_users)
         if not stream:
             raise EdgelearnError(f"no HAPT sessions for stream_users {config.stream_users}")
-        return train, stream, None  # HAPT activity ids 1-12 name themselves
+        return train, stream, None, list(range(1, 13))  # HAPT activity ids 1-12 name themselves
     if config.path is None or config.rate_hz is None:
         raise EdgelearnError("source csv needs path and rate_hz")
     stream = load_csv(config.path, config.rate_hz)
     train = load_csv(config.pretrain_path, config.rate_hz) if config.pretrain_path else []
-    return train, stream, None
+    return train, stream, None, None
 
 
 def _moved(recording: Recording) -> Recording:
@@ -160,48 +160,70 @@ def _class_map(labels: np.ndarray):
     return {v: k for k, v in enumerate(known)}
 
 
-def run_stream(config: RunConfig, progress: bool = True) -> RunResult:
-    """Pre-train, then stream: infer every window, learn on the labelled ones (with probability label_rate)."""
-    wall0 = time.perf_counter()
-    train_recs, stream_recs, class_names = _recordings(config)
+def _pretrain(config: RunConfig, net: Network, algorithm, sizes, x_train, y_train, rng) -> dict:
+    """Pre-train the network on the labelled training windows (on chip, or digitally then programmed)."""
+    info = dict(mode=config.pretrain, windows=int((y_train >= 0).sum()))
+    labelled = np.nonzero(y_train >= 0)[0]
+    if config.pretrain == "none" or not len(labelled):
+        return info
+    if config.pretrain == "digital":
+        model, algo = Network(sizes, config.activation, digital=True, seed=config.seed), make_algorithm("digital")
+        model.initialise()
+    else:
+        model, algo = net, algorithm
+    for _ in range(config.pretrain_epochs):
+        order = rng.permutation(labelled)
+        for start in range(0, len(order), config.pretrain_batch):
+            idx = order[start:start + config.pretrain_batch]
+            _, _, grads = model.gradients(x_train[idx], y_train[idx])
+            for layer, (inputs, deltas) in zip(model.layers, grads):
+                algo.update(layer, inputs, deltas, config.pretrain_lr)
+    if config.pretrain == "digital":  # factory-program the digitally trained weights (not counted)
+        for layer, source in zip(net.layers, model.layers):
+            layer.set_weights(source.weights)
+    info["train_accuracy"] = net.accuracy(x_train[labelled], y_train[labelled])
+    return info
+
+
+def prepare(config: RunConfig):
+    """Everything before the stream: windows of both phases, the network on its board, pre-training.
+    Returns a dict with keys net, algorithm, card, sizes, classes, class_names, x_stream, y_stream, t_stream,
+    stream_recs, pretrain, rng (what `stream` needs)."""
+    train_recs, stream_recs, class_names, values = _recordings(config)
     if config.moved_sensor:
         stream_recs = [_moved(r) for r in stream_recs]
     x_train, y_train, _ = _window_set(train_recs, config.frontend)
     x_stream, y_stream, t_stream = _window_set(stream_recs, config.frontend)
     if len(y_stream) == 0:
         raise EdgelearnError("the stream is shorter than one window")
-    classes = _class_map(np.concatenate([y_train, y_stream]))
+    if values is None:
+        values = sorted(int(v) for v in np.unique(np.concatenate([y_train, y_stream])) if v >= 0)
+    classes = {v: k for k, v in enumerate(values)}
     if len(classes) < 2:
         raise EdgelearnError("the data have fewer than two labelled classes")
-    to_index = np.vectorize(lambda v: classes.get(int(v), -1))
-    y_train_i, y_stream_i = to_index(y_train) if len(y_train) else y_train, to_index(y_stream)
+    to_index = np.vectorize(lambda v: classes.get(int(v), -1), otypes=[np.int64])
+    y_train_i = to_index(y_train) if len(y_train) else y_train
     card = load_card(config.card)
     algorithm = make_algorithm(config.algorithm)
     sizes = (x_stream.shape[1], config.hidden, len(classes))
     net = Network(sizes, config.activation, card=card, seed=config.seed, references=algorithm.references)
     algorithm.prepare(net)
     rng = np.random.default_rng([config.seed, 7])
-    pretrain = dict(mode=config.pretrain, windows=int((y_train_i >= 0).sum()))
-    if config.pretrain != "none" and (y_train_i >= 0).any():
-        labelled = np.nonzero(y_train_i >= 0)[0]
-        if config.pretrain == "digital":
-            digital = Network(sizes, config.activation, digital=True, seed=config.seed)
-            digital.initialise()
-            teacher = make_algorithm("digital")
-        for epoch in range(config.pretrain_epochs):
-            order = rng.permutation(labelled)
-            for start in range(0, len(order), config.pretrain_batch):
-                idx = order[start:start + config.pretrain_batch]
-                model, algo = (digital, teacher) if config.pretrain == "digital" else (net, algorithm)
-                _, _, grads = model.gradients(x_train[idx], y_train_i[idx])
-                for layer, (inputs, deltas) in zip(model.layers, grads):
-                    algo.update(layer, inputs, deltas, config.pretrain_lr)
-        if config.pretrain == "digital":  # factory-program the digitally trained weights (not counted)
-            for layer, source in zip(net.layers, digital.layers):
-                layer.set_weights(source.weights)
-        pretrain["train_accuracy"] = net.accuracy(x_train[labelled], y_train_i[labelled])
+    pretrain = _pretrain(config, net, algorithm, sizes, x_train, y_train_i, rng)
+    return dict(net=net, algorithm=algorithm, card=card, classes=classes, class_names=class_names,
+                x_stream=x_stream, y_stream=to_index(y_stream), t_stream=t_stream, stream_recs=stream_recs,
+                pretrain=pretrain, rng=rng)
+
+
+def run_stream(config: RunConfig, progress: bool = True, prepared: dict | None = None) -> RunResult:
+    """Pre-train (or take `prepared`, e.g. a shared pre-trained network whose state was reloaded), then stream:
+    infer every window, learn on the labelled ones (each with probability label_rate)."""
+    wall0 = time.perf_counter()
+    p = prepared if prepared is not None else prepare(config)
+    net, algorithm, card, rng = p["net"], p["algorithm"], p["card"], p["rng"]
+    x_stream, y_stream_i, t_stream, stream_recs = p["x_stream"], p["y_stream"], p["t_stream"], p["stream_recs"]
     # held out: every holdout_every-th block of 10 consecutive windows (never learned from, scored before and after)
-    held = (np.arange(len(y_stream)) // 10) % config.holdout_every == config.holdout_every - 1
+    held = (np.arange(len(y_stream_i)) // 10) % config.holdout_every == config.holdout_every - 1
     held_idx = np.nonzero(held & (y_stream_i >= 0))[0]
     accuracy_before = net.accuracy(x_stream[held_idx], y_stream_i[held_idx]) if len(held_idx) else float("nan")
     before = net.board.counters().counts
@@ -250,7 +272,7 @@ def run_stream(config: RunConfig, progress: bool = True) -> RunResult:
     stream_seconds = float(sum(r.duration_s for r in stream_recs))
     return RunResult(
         config=config.model_dump(), card_id=card.card_id,
-        classes=[class_names[v] if class_names else str(v) for v in classes],
+        classes=[p["class_names"][k] if p["class_names"] else str(v) for v, k in p["classes"].items()],
         stream_seconds=stream_seconds, windows=int(len(stream_idx)), labelled_windows=int(judged), learning_steps=steps,
         prequential_accuracy=correct / judged if judged else float("nan"), accuracy_before=accuracy_before,
         accuracy_after=accuracy_after, held_out_windows=int(len(held_idx)),
@@ -259,7 +281,7 @@ def run_stream(config: RunConfig, progress: bool = True) -> RunResult:
         energy_per_inference_j=inference_j,
         energy_per_day_j=windows_per_day * (inference_j + config.label_rate * learning_j),
         wall_s=time.perf_counter() - wall0, real_time_factor=stream_seconds / max(stream_wall, 1e-9),
-        pretrain=pretrain, timeline=dict(t_s=curve_t, prequential_accuracy=curve_acc, energy_j=curve_energy,
+        pretrain=p["pretrain"], timeline=dict(t_s=curve_t, prequential_accuracy=curve_acc, energy_j=curve_energy,
                                          held_out_inference_counts=diff_held))
 
 
