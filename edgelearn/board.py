@@ -36,6 +36,12 @@ class PeripheryConfig(BaseModel):
     bound_management: Literal["iterative", "none"] = Field("iterative", description="halve inputs on ADC overflow")
     max_bm_rounds: int = Field(10, ge=0, description="most extra passes of iterative bound management")
 
+    def kernel_args(self) -> tuple:
+        """The periphery arguments of firmware_model.controller.mvm / mvm_batch, in their order."""
+        return (self.dac_bits, self.inp_bound, self.adc_bits, self.out_bound, self.out_noise,
+                ctl.NM_ABS_MAX if self.noise_management == "abs_max" else ctl.NM_NONE,
+                self.bound_management == "iterative", self.max_bm_rounds)
+
 
 class PulseConfig(BaseModel):
     """How the controller turns an update into pulses."""
@@ -179,12 +185,9 @@ class Tile:
 
     # -- periphery ---------------------------------------------------------------------------------------------------
     def _mvm(self, vec, transpose, codes):
-        p = self.periphery
         vec = _vector(vec, self.rows if transpose else self.cols, "backward input" if transpose else "forward input")
-        scale = ctl.mvm(self.state, self.ref_state, self.references, vec, transpose, p.dac_bits, p.inp_bound,
-                        p.adc_bits, p.out_bound, p.out_noise, ctl.NM_ABS_MAX if p.noise_management == "abs_max"
-                        else ctl.NM_NONE, p.bound_management == "iterative", p.max_bm_rounds, self.rng,
-                        self.normal_table, codes, self.counters)
+        scale = ctl.mvm(self.state, self.ref_state, self.references, vec, transpose, *self.periphery.kernel_args(),
+                        self.rng, self.normal_table, codes, self.counters)
         return codes, scale
 
     def forward_codes(self, x) -> tuple[np.ndarray, float]:
@@ -209,15 +212,12 @@ class Tile:
         return m
 
     def _mvm_batch(self, vecs, transpose):
-        p = self.periphery
         vecs = self._matrix(vecs, self.rows if transpose else self.cols, "backward batch" if transpose else
                             "forward batch")
         codes = np.empty((vecs.shape[0], self.cols if transpose else self.rows), np.int32)
         scales = np.empty(vecs.shape[0])
-        ctl.mvm_batch(self.state, self.ref_state, self.references, vecs, transpose, p.dac_bits, p.inp_bound,
-                      p.adc_bits, p.out_bound, p.out_noise, ctl.NM_ABS_MAX if p.noise_management == "abs_max"
-                      else ctl.NM_NONE, p.bound_management == "iterative", p.max_bm_rounds, self.rng,
-                      self.normal_table, codes, scales, self.counters)
+        ctl.mvm_batch(self.state, self.ref_state, self.references, vecs, transpose, *self.periphery.kernel_args(),
+                      self.rng, self.normal_table, codes, scales, self.counters)
         return codes * scales[:, None]
 
     def forward_batch(self, xs) -> np.ndarray:

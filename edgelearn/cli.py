@@ -161,9 +161,10 @@ def cmd_budget(args) -> int:
     from .energy import load_energy_model, parse_quantity
 
     budget = parse_quantity(args.daily_budget, "J", "--daily-budget")
-    battery_mah = parse_quantity(args.battery_mah, "Ah", "--battery-mah") * 1e3 if args.battery_mah else None
-    if args.battery_mah and not args.battery_mah.strip().endswith("Ah"):
-        battery_mah = float(args.battery_mah)  # a bare number is mAh, as the option's name says
+    battery_mah = None
+    if args.battery_mah:  # '300' is mAh, as the option's name says; '1.2Ah' or '300mAh' carry their unit
+        value = parse_quantity(args.battery_mah, "Ah", "--battery-mah")
+        battery_mah = value * 1e3 if args.battery_mah.strip().endswith("Ah") else value
     battery_v = parse_quantity(args.battery_v, "V", "--battery-v") if args.battery_v else None
     result = estimate(load_card(args.card), args.algorithm, budget, load_energy_model(args.model),
                       windows_per_day=args.windows_per_day, network=args.network, battery_mah=battery_mah,

@@ -289,5 +289,6 @@ def parse_quantity(text: str, unit: str, what: str) -> float:
     """'1mJ' -> 0.001 (unit 'J'); a bare number is taken in the base unit. One-line error for anything else."""
     match = _UNIT.match(str(text))
     if not match or (match.group(3) not in (None, unit)):
-        raise EdgelearnError(f"{what}: '{text}' is not a quantity in {unit} (examples: 1mJ, 250uJ, 0.5J)")
+        raise EdgelearnError(f"{what}: '{text}' is not a quantity in {unit} "
+                             f"(examples: 1m{unit}, 250u{unit}, 0.5{unit})")
     return float(match.group(1)) * _PREFIX[match.group(2)]
