@@ -191,7 +191,8 @@ def cmd_run(args) -> int:
     from .continual import load_run_config, run_stream, write_outputs
 
     overrides = dict(source=args.source, path=args.path, card=args.card, algorithm=args.algorithm,
-                     label_rate=args.label_rate, lr=args.lr, seed=args.seed, energy_model=args.energy_model)
+                     label_rate=args.label_rate, lr=args.lr, seed=args.seed, energy_model=args.energy_model,
+                     rate_hz=args.rate_hz, duration_s=args.duration_s)
     config = load_run_config(args.config, overrides)
     result = run_stream(config, progress=not args.quiet)
     if args.out:
@@ -292,8 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = top.add_parser("run", help="continuous wearable learning on a sensor stream (default: BasicMotions)")
     run.add_argument("--config", help="TOML file with any RunConfig fields (docs/architecture.md)")
-    run.add_argument("--source", choices=["basicmotions", "hapt", "csv"])
-    run.add_argument("--path", help="hapt npz or csv stream file")
+    run.add_argument("--source", choices=["basicmotions", "hapt", "csv", "serial"])
+    run.add_argument("--path", help="hapt npz, csv stream file, or serial sensor URL (/dev/ttyACM0, socket://h:p)")
+    run.add_argument("--rate-hz", type=float, help="csv/serial: sampling rate")
+    run.add_argument("--duration-s", type=float, help="serial: stream time to read")
     run.add_argument("--card")
     run.add_argument("--algorithm", choices=["mp", "sgd", "sp-shift"])
     run.add_argument("--label-rate", type=float, help="fraction of windows whose label arrives")

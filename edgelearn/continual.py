@@ -19,7 +19,7 @@ from .devices import load_card
 from .energy import cost, load_energy_model, unit_energies
 from .errors import EdgelearnError, InputError
 from .network import Network
-from .stream import FrontEndConfig, Recording, load_basic_motions, load_csv, load_hapt, windows
+from .stream import FrontEndConfig, Recording, load_basic_motions, load_csv, load_hapt, read_serial, windows
 from .traces import write_atomically
 
 
@@ -27,10 +27,15 @@ class RunConfig(BaseModel):
     """Every option of `edgelearn run`; also the schema of its TOML config file."""
 
     model_config = ConfigDict(extra="forbid")
-    source: Literal["basicmotions", "hapt", "csv"] = Field("basicmotions", description="sensor stream source")
-    path: str | None = Field(None, description="hapt: the npz; csv: the stream file (pretrain_path for pre-training)")
-    pretrain_path: str | None = Field(None, description="csv: a labelled file for pre-training")
-    rate_hz: float | None = Field(None, gt=0, description="csv: sampling rate")
+    source: Literal["basicmotions", "hapt", "csv", "serial"] = Field("basicmotions", description="sensor stream "
+                                                                                                 "source")
+    path: str | None = Field(None, description="hapt: the npz; csv: the stream file; serial: the pyserial URL of a "
+                                               "live sensor (/dev/ttyACM0, socket://host:port)")
+    pretrain_path: str | None = Field(None, description="csv or serial: a labelled CSV file for pre-training")
+    rate_hz: float | None = Field(None, gt=0, description="csv or serial: sampling rate")
+    duration_s: float | None = Field(None, gt=0, description="serial: stop after this much stream time (else at "
+                                                             "'end' or a silent port)")
+    serial_timeout_s: float = Field(5.0, gt=0, description="serial: a port silent this long ends the stream")
     pretrain_users: list[int] = Field(list(range(1, 21)), description="hapt: users to pre-train on")
     stream_users: list[int] = Field([21], description="hapt: the new wearer(s) streamed")
     card: str = Field("ID170ZR5000-20ns", description="device card file or bundled name")
@@ -43,6 +48,12 @@ class RunConfig(BaseModel):
     pretrain_batch: int = Field(8, ge=1)
     lr: float = Field(0.2, gt=0, description="learning rate on the stream (one window per step)")
     label_rate: float = Field(0.1, ge=0, le=1, description="fraction of stream windows whose label arrives")
+    replay: int = Field(16, ge=0, description="labelled windows the controller keeps (feature vectors in SRAM); each "
+                                              "learning step is a mini-batch of the new window and up to "
+                                              "replay_batch - 1 of these")
+    replay_anchors: int = Field(4, ge=0, description="pre-training windows per class stored in the replay buffer at "
+                                                     "the factory")
+    replay_batch: int = Field(8, ge=1, description="mini-batch size of a learning step (new window + replayed ones)")
     holdout_every: int = Field(4, ge=2, description="every n-th block of 10 stream windows is held out to measure "
                                                     "adaptation")
     moved_sensor: bool = Field(True, description="rotate the streamed sensor 90 degrees about z (the watch was put "
@@ -83,6 +94,7 @@ class RunResult:
     windows: int
     labelled_windows: int
     learning_steps: int
+    trained_windows: int  # windows passed forward and backward in learning steps (new + replayed)
     prequential_accuracy: float
     accuracy_before: float
     accuracy_after: float
@@ -121,8 +133,11 @@ def _recordings(config: RunConfig):
             raise EdgelearnError(f"no HAPT sessions for stream_users {config.stream_users}")
         return train, stream, None, list(range(1, 13))  # HAPT activity ids 1-12 name themselves
     if config.path is None or config.rate_hz is None:
-        raise EdgelearnError("source csv needs path and rate_hz")
-    stream = load_csv(config.path, config.rate_hz)
+        raise EdgelearnError(f"source {config.source} needs path and rate_hz")
+    if config.source == "serial":
+        stream = read_serial(config.path, config.rate_hz, config.duration_s, config.serial_timeout_s)
+    else:
+        stream = load_csv(config.path, config.rate_hz)
     train = load_csv(config.pretrain_path, config.rate_hz) if config.pretrain_path else []
     return train, stream, None, None
 
@@ -158,6 +173,17 @@ def _window_set(recordings: list[Recording], frontend: FrontEndConfig):
 def _class_map(labels: np.ndarray):
     known = sorted(int(v) for v in np.unique(labels) if v >= 0)
     return {v: k for k, v in enumerate(known)}
+
+
+def _remember(buf_x: list, buf_y: list, x: np.ndarray, y: int, size: int) -> None:
+    """Add a labelled window to the class-balanced replay buffer: when full, the oldest entry of the commonest class
+    goes (so the factory anchors of a class are replaced by the wearer's own windows as they arrive)."""
+    buf_x.append(x)
+    buf_y.append(int(y))
+    if len(buf_y) > size:
+        commonest = int(np.bincount(buf_y).argmax())
+        j = buf_y.index(commonest)
+        del buf_x[j], buf_y[j]
 
 
 def _pretrain(config: RunConfig, net: Network, algorithm, sizes, x_train, y_train, rng) -> dict:
@@ -210,7 +236,13 @@ def prepare(config: RunConfig):
     algorithm.prepare(net)
     rng = np.random.default_rng([config.seed, 7])
     pretrain = _pretrain(config, net, algorithm, sizes, x_train, y_train_i, rng)
-    return dict(net=net, algorithm=algorithm, card=card, classes=classes, class_names=class_names,
+    anchors = ([], [])
+    for k in range(len(classes)):  # factory anchors: a few pre-training windows of each class
+        idx = np.nonzero(y_train_i == k)[0] if len(y_train_i) else []
+        for j in rng.choice(idx, min(len(idx), config.replay_anchors), replace=False) if len(idx) else []:
+            anchors[0].append(x_train[j])
+            anchors[1].append(k)
+    return dict(net=net, algorithm=algorithm, card=card, classes=classes, class_names=class_names, anchors=anchors,
                 x_stream=x_stream, y_stream=to_index(y_stream), t_stream=t_stream, stream_recs=stream_recs,
                 pretrain=pretrain, rng=rng)
 
@@ -229,9 +261,11 @@ def run_stream(config: RunConfig, progress: bool = True, prepared: dict | None =
     before = net.board.counters().counts
     units = unit_energies(load_energy_model(config.energy_model), card)
     stream_idx = np.nonzero(~held)[0]
-    correct = judged = steps = 0
+    correct = judged = steps = trained = 0
     curve_t, curve_acc, curve_energy = [], [], []
     inference_counts = None
+    # the controller's replay buffer of labelled feature vectors, seeded at the factory with anchors per class
+    buf_x, buf_y = [list(v) for v in p.get("anchors", ([], []))]
     t_start = time.perf_counter()
     for n, w in enumerate(stream_idx):
         c0 = net.board.counters().counts if inference_counts is None else None
@@ -244,7 +278,15 @@ def run_stream(config: RunConfig, progress: bool = True, prepared: dict | None =
             judged += 1
             correct += int(logits[0].argmax() == label)
             if rng.random() < config.label_rate:
-                _, _, grads = net.gradients(x_stream[w:w + 1], np.array([label]))
+                bx, by = [x_stream[w]], [label]
+                if buf_y and config.replay_batch > 1:
+                    pick = rng.choice(len(buf_y), min(len(buf_y), config.replay_batch - 1), replace=False)
+                    bx += [buf_x[j] for j in pick]
+                    by += [buf_y[j] for j in pick]
+                if config.replay:
+                    _remember(buf_x, buf_y, x_stream[w], label, config.replay)
+                _, _, grads = net.gradients(np.array(bx), np.array(by))
+                trained += len(by)
                 for layer, (inputs, deltas) in zip(net.layers, grads):
                     algorithm.update(layer, inputs, deltas, config.lr)
                 steps += 1
@@ -274,6 +316,7 @@ def run_stream(config: RunConfig, progress: bool = True, prepared: dict | None =
         config=config.model_dump(), card_id=card.card_id,
         classes=[p["class_names"][k] if p["class_names"] else str(v) for v, k in p["classes"].items()],
         stream_seconds=stream_seconds, windows=int(len(stream_idx)), labelled_windows=int(judged), learning_steps=steps,
+        trained_windows=trained,
         prequential_accuracy=correct / judged if judged else float("nan"), accuracy_before=accuracy_before,
         accuracy_after=accuracy_after, held_out_windows=int(len(held_idx)),
         pulses=int(diff["pulses_up"] + diff["pulses_down"]), counters=diff, energy_model=units.model,

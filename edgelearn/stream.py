@@ -157,48 +157,112 @@ def load_csv(path: str | Path, rate_hz: float, label_column: str = "label") -> l
         raise InputError(path, "not a text file") from None
     if not lines:
         raise InputError(path, "empty file: expected a header 'time_s,<channels>[,label]'", 1)
-    header = [h.strip() for h in lines[0].split(",")]
-    if header[0] != "time_s":
-        raise InputError(path, f"first column must be 'time_s' (seconds), got '{header[0]}'", 1)
-    has_label = header[-1] == label_column
-    channels = tuple(header[1:-1] if has_label else header[1:])
-    if not channels:
-        raise InputError(path, "no sensor channels in the header", 1)
-    times, rows, labels = [], [], []
+    parser = SampleParser(path, lines[0], label_column)
     for line_no, raw in enumerate(lines[1:], start=2):
+        parser.add(raw, line_no)
+    return parser.recordings(rate_hz)
+
+
+class SampleParser:
+    """The sample line format shared by CSV files and live serial streams: a header `time_s,<channel>,...[,label]`,
+    then one line per sample. Every line is validated as it arrives; errors name the source and line."""
+
+    def __init__(self, source, header_line: str, label_column: str = "label"):
+        self.source = source
+        self.header = [h.strip() for h in header_line.split(",")]
+        if self.header[0] != "time_s":
+            raise InputError(source, f"first column must be 'time_s' (seconds), got '{self.header[0]}'", 1)
+        self.has_label = self.header[-1] == label_column
+        self.label_column = label_column
+        self.channels = tuple(self.header[1:-1] if self.has_label else self.header[1:])
+        if not self.channels:
+            raise InputError(source, "no sensor channels in the header", 1)
+        self.times: list[float] = []
+        self.rows: list[list[float]] = []
+        self.labels: list[int] = []
+
+    def add(self, raw: str, line_no: int) -> None:
         if not raw.strip():
-            continue
+            return
+        path, header, channels = self.source, self.header, self.channels
         cells = raw.split(",")
         if len(cells) != len(header):
             raise InputError(path, f"expected {len(header)} values, got {len(cells)}", line_no)
         t = parse_number(path, line_no, "time_s", cells[0])
         values = [parse_number(path, line_no, name, text) for name, text in zip(channels, cells[1:1 + len(channels)])]
         label = UNLABELLED
-        if has_label and cells[-1].strip():
+        if self.has_label and cells[-1].strip():
             try:
                 label = int(cells[-1])
             except ValueError:
                 raise InputError(path, f"expected an integer label or nothing, got '{cells[-1].strip()}'", line_no,
-                                 label_column) from None
-        if times and t <= times[-1]:
-            raise InputError(path, f"time must increase, got {t} after {times[-1]}", line_no, "time_s")
-        times.append(t)
-        rows.append(values)
-        labels.append(label)
-    if len(times) < 2:
-        raise InputError(path, f"needs at least 2 samples, has {len(times)}")
-    t = np.array(times)
-    dt = np.diff(t)
-    period = 1.0 / rate_hz
-    regular = dt[dt <= 1.5 * period]
-    if regular.size == 0 or abs(np.median(regular) - period) > 0.01 * period:
-        found = 1.0 / np.median(dt)
-        raise InputError(path, f"sampling rate {found:.4g} Hz, expected {rate_hz:g} Hz (within 1 %)", field="time_s")
-    cuts = np.nonzero(dt > 1.5 * period)[0] + 1
-    samples, label_array = np.array(rows), np.array(labels, np.int64)
-    bounds = np.r_[0, cuts, len(times)]
-    return [Recording(samples[a:b], label_array[a:b], rate_hz, channels, 0, k, path.name)
-            for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])) if b > a]
+                                 self.label_column) from None
+        if self.times and t <= self.times[-1]:
+            raise InputError(path, f"time must increase, got {t} after {self.times[-1]}", line_no, "time_s")
+        self.times.append(t)
+        self.rows.append(values)
+        self.labels.append(label)
+
+    def recordings(self, rate_hz: float) -> list[Recording]:
+        """The samples so far, checked against rate_hz (within 1 %) and split at gaps (> 1.5 periods)."""
+        path, times = self.source, self.times
+        if len(times) < 2:
+            raise InputError(path, f"needs at least 2 samples, has {len(times)}")
+        t = np.array(times)
+        dt = np.diff(t)
+        period = 1.0 / rate_hz
+        regular = dt[dt <= 1.5 * period]
+        if regular.size == 0 or abs(np.median(regular) - period) > 0.01 * period:
+            found = 1.0 / np.median(dt)
+            raise InputError(path, f"sampling rate {found:.4g} Hz, expected {rate_hz:g} Hz (within 1 %)",
+                             field="time_s")
+        cuts = np.nonzero(dt > 1.5 * period)[0] + 1
+        samples, label_array = np.array(self.rows), np.array(self.labels, np.int64)
+        bounds = np.r_[0, cuts, len(times)]
+        name = Path(str(path)).name
+        return [Recording(samples[a:b], label_array[a:b], rate_hz, self.channels, 0, k, name)
+                for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])) if b > a]
+
+
+def read_serial(url: str, rate_hz: float, duration_s: float | None = None, timeout_s: float = 5.0,
+                label_column: str = "label", port=None) -> list[Recording]:
+    """A live sensor stream from a serial port (any pyserial URL: /dev/ttyACM0, socket://host:port, loop://, ...):
+    ASCII lines in the CSV sample format (header line first, then `time_s,<channels>[,label]` per sample, `\\n` or
+    `\\r\\n` endings). Reading stops at a line `end`, after `duration_s` of stream time, or when the port stays silent
+    for `timeout_s` (an error if no header arrived). `port` may be an already open serial object."""
+    import serial
+
+    if port is None:
+        try:
+            port = serial.serial_for_url(url, baudrate=115200, timeout=timeout_s)
+        except (serial.SerialException, ValueError) as exc:
+            raise InputError(url, f"cannot open the sensor port ({exc})") from None
+    parser = None
+    line_no = 0
+    try:
+        while True:
+            raw = port.readline()
+            if not raw or not raw.endswith(b"\n"):
+                if parser is None:
+                    raise InputError(url, f"no header line within {timeout_s:g} s: expected "
+                                          "'time_s,<channels>[,label]'", line_no + 1)
+                break  # silent port: the stream ended
+            line_no += 1
+            try:
+                text = raw.decode("ascii").strip()
+            except UnicodeDecodeError:
+                raise InputError(url, "not ASCII text", line_no) from None
+            if text == "end":
+                break
+            if parser is None:
+                parser = SampleParser(url, text, label_column)
+                continue
+            parser.add(text, line_no)
+            if duration_s is not None and parser.times[-1] - parser.times[0] >= duration_s:
+                break
+    finally:
+        port.close()
+    return parser.recordings(rate_hz)
 
 
 BASIC_MOTIONS_CHANNELS = ("acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z")
