@@ -211,6 +211,134 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_board_emulator(args) -> int:
+    from firmware_model.board import BoardEmulator, BoardFirmware, Faults
+
+    from .devices import load_card
+
+    cards = [load_card(c) for c in args.card]
+    for name, value in (("--fault-drop", args.fault_drop), ("--fault-corrupt", args.fault_corrupt)):
+        if not 0.0 <= value < 1.0:
+            raise EdgelearnError(f"{name}: expected a probability in [0, 1), got {value}")
+    if args.fault_delay_ms < 0:
+        raise EdgelearnError(f"--fault-delay-ms: expected >= 0, got {args.fault_delay_ms}")
+    try:
+        firmware = BoardFirmware(cards, args.rows, args.cols, seed=args.seed, ideal=args.ideal)
+    except ValueError as exc:
+        raise EdgelearnError(str(exc)) from None
+    faults = Faults(args.fault_drop, args.fault_corrupt, args.fault_delay_ms, seed=args.fault_seed)
+    try:
+        emulator = BoardEmulator(firmware, faults, transport="tcp" if args.tcp is not None else "pty",
+                                 port=args.tcp or 0)
+    except OSError as exc:
+        raise EdgelearnError(f"cannot open the emulator's port ({exc.strerror or exc})") from None
+    print(emulator.url, flush=True)
+    print(f"# {cards[0].device_id} {args.rows} x {args.cols}, widths "
+          f"{', '.join(f'{w} ns' for w in firmware.cards)}, seed {args.seed}"
+          f"{', ideal devices' if args.ideal else ''}; Ctrl-C stops", file=sys.stderr, flush=True)
+    try:
+        emulator.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emulator.stop()
+    return 0
+
+
+def _board(args):
+    from .hil import SerialBoard
+
+    return SerialBoard(args.port, timeout=args.timeout, retries=args.retries)
+
+
+def cmd_hil_identify(args) -> int:
+    with _board(args) as board:
+        info = board.info
+        if args.json:
+            print(info.to_json())
+            return 0
+        _print_table({"port": info.url, "firmware": info.firmware, "protocol": info.protocol,
+                      "device": info.device_id, "array": f"{info.rows} x {info.cols}",
+                      "DAC / ADC / read bits": f"{info.dac_bits} / {info.adc_bits} / {info.read_bits}",
+                      "pulse widths": ", ".join(f"{w} ns ({lo / 1000:g}-{hi / 1000:g} V)" for w, (lo, hi)
+                                                in zip(info.pulse_widths_ns, info.amplitude_ranges_mv)),
+                      "counters": info.n_counters, "max payload (bytes)": info.max_payload})
+    return 0
+
+
+def cmd_hil_characterize(args) -> int:
+    from .hil import characterize
+    from .hil.serial_board import parse_width_ns
+
+    width = parse_width_ns(args.pulse_width)
+    with _board(args) as board:
+        if width not in board.info.pulse_widths_ns:
+            raise EdgelearnError(f"{args.port}: the board does not support {width} ns pulses (it has "
+                                 f"{', '.join(f'{w} ns' for w in board.info.pulse_widths_ns)})")
+        bar = _progress(2 * args.pulses * args.cycles, "characterise", args.quiet)
+        trace = characterize(board, width, args.pulses, args.cycles, args.amplitude, args.row, args.col,
+                             progress=bar.update if bar is not None else None)
+        stats = board.link.stats
+    if bar is not None:
+        bar.close()
+    trace.to_csv(args.output)
+    print(f"wrote {args.output}: {len(trace)} pulses at {width} ns ({stats.requests} commands, {stats.retries} "
+          f"retries)")
+    return 0
+
+
+def cmd_hil_compare(args) -> int:
+    from .hil import compare
+
+    with _board(args) as board:
+        result = compare(board, args.card, args.pulses, args.cycles, args.saturate, args.row, args.col,
+                         args.amplitude)
+    if args.json:
+        print(result.to_json())
+        return 0
+    _print_table({"card": result.card_id, "port": result.url, "device": f"({result.row}, {result.col})",
+                  "pulses compared": result.pulses_compared, "saturating pulses": result.saturating_pulses,
+                  "rmse (S)": result.rmse_s, "max |error| (S)": result.max_abs_error_s,
+                  "nrmse (of the board's span)": result.nrmse})
+    return 0
+
+
+def cmd_hil_train(args) -> int:
+    from .hil import train_on_board
+
+    with _board(args) as board:
+        bar = _progress(None, "train on board", args.quiet)
+        result = train_on_board(board, args.card, args.epochs, args.lr, args.batch_size, args.seed,
+                                progress=bar.update if bar is not None else None)
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print(result.to_json())
+        return 0
+    c = result.board_counters
+    _print_table({"card": result.card_id, "port": result.url, "layer": f"{result.sizes[0]}+1 -> {result.sizes[1]}",
+                  "epochs": result.epochs, "train accuracy (last epoch)": result.train_accuracy[-1],
+                  "test accuracy, board": result.test_accuracy_board,
+                  "test accuracy, emulator": result.test_accuracy_emulator,
+                  "pulses on the board": c["pulses_up"] + c["pulses_down"], "round trips": result.round_trips,
+                  "retries": result.retries, "wall (s)": result.wall_s})
+    return 0
+
+
+def _progress(total, desc, quiet):
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="pulse" if total else "sample", leave=False, file=sys.stderr)
+
+
+def _link_options(parser) -> None:
+    parser.add_argument("--port", required=True, help="pyserial URL: /dev/ttyACM0, /dev/pts/N, socket://host:port")
+    parser.add_argument("--timeout", type=float, default=1.0, help="seconds per attempt (default 1)")
+    parser.add_argument("--retries", type=int, default=10, help="resends of an unanswered command (default 10)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgelearn", description="Emulate on-device learning on ferroelectric "
                                      "synaptic crossbars.")
@@ -307,6 +435,64 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true")
     run.add_argument("--json", action="store_true")
     run.set_defaults(func=cmd_run)
+
+    emu = top.add_parser("board-emulator", help="serve the board protocol from the emulator on a pty (or TCP port); "
+                         "prints the port URL first")
+    emu.add_argument("--card", action="append", required=True, help="device card (file or bundled name); repeat for "
+                     "more pulse widths")
+    emu.add_argument("--rows", type=int, default=8)
+    emu.add_argument("--cols", type=int, default=8)
+    emu.add_argument("--seed", type=int, default=0)
+    emu.add_argument("--ideal", action="store_true", help="nominal devices: no device-to-device variation, no "
+                     "cycle-to-cycle or read-out noise")
+    emu.add_argument("--tcp", type=int, metavar="PORT", help="listen on socket://127.0.0.1:PORT instead of a pty "
+                     "(0: any free port)")
+    emu.add_argument("--fault-drop", type=float, default=0.0, help="probability that a byte is lost (each way)")
+    emu.add_argument("--fault-corrupt", type=float, default=0.0, help="probability that a byte has a bit flipped")
+    emu.add_argument("--fault-delay-ms", type=float, default=0.0, help="delay before every response")
+    emu.add_argument("--fault-seed", type=int, default=0, help="seed of the fault draws (independent of --seed)")
+    emu.set_defaults(func=cmd_board_emulator)
+
+    hil = top.add_parser("hil", help="drive a test board (or the board emulator) over a serial link")
+    hs = hil.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    ident = hs.add_parser("identify", help="firmware, array size, pulse widths and amplitudes, counters")
+    _link_options(ident)
+    ident.add_argument("--json", action="store_true")
+    ident.set_defaults(func=cmd_hil_identify)
+    ch = hs.add_parser("characterize", help="pulse trains with reads on one device -> a trace CSV (fit it with "
+                       "edgelearn device fit)")
+    _link_options(ch)
+    ch.add_argument("--pulse-width", required=True, help="e.g. 20ns, 2us, 200us")
+    ch.add_argument("--pulses", type=int, default=200, help="pulses per train (default 200)")
+    ch.add_argument("--cycles", type=int, default=2, help="down-then-up cycles (default 2)")
+    ch.add_argument("--amplitude", type=float, help="pulse amplitude in volts (default: the top of the board's range)")
+    ch.add_argument("--row", type=int, default=0)
+    ch.add_argument("--col", type=int, default=0)
+    ch.add_argument("-o", "--output", required=True, help="trace CSV to write")
+    ch.add_argument("--quiet", action="store_true")
+    ch.set_defaults(func=cmd_hil_characterize)
+    cmp_ = hs.add_parser("compare", help="replay one pulse schedule on the board and the emulator; trajectory error")
+    _link_options(cmp_)
+    cmp_.add_argument("--card", required=True, help="the card the emulator side uses")
+    cmp_.add_argument("--pulses", type=int, default=100)
+    cmp_.add_argument("--cycles", type=int, default=2)
+    cmp_.add_argument("--saturate", type=int, help="down pulses that first drive the device into its lower bound "
+                      "(default 2 x the card's states)")
+    cmp_.add_argument("--amplitude", type=float)
+    cmp_.add_argument("--row", type=int, default=0)
+    cmp_.add_argument("--col", type=int, default=0)
+    cmp_.add_argument("--json", action="store_true")
+    cmp_.set_defaults(func=cmd_hil_compare)
+    htr = hs.add_parser("train", help="train a single-layer BasicMotions classifier on the board (and on the emulator)")
+    _link_options(htr)
+    htr.add_argument("--card", required=True, help="card of the board's devices (host-side epsilon and weights)")
+    htr.add_argument("--epochs", type=int, default=5)
+    htr.add_argument("--lr", type=float, default=0.5)
+    htr.add_argument("--batch-size", type=int, default=8)
+    htr.add_argument("--seed", type=int, default=0)
+    htr.add_argument("--quiet", action="store_true")
+    htr.add_argument("--json", action="store_true")
+    htr.set_defaults(func=cmd_hil_train)
 
     trace = top.add_parser("trace", help="convert measured traces")
     tr = trace.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")

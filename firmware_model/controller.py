@@ -481,3 +481,30 @@ def mp_update_dense(state, params, table_up, table_down, c2c_std, chi, gradient,
     counters[C_PULSES_DOWN] += (total - net_up) // 2
     counters[C_ACC_UPDATES] += rows * cols
     return total
+
+
+@njit(cache=True)
+def apply_counts(state, params, table_up, table_down, c2c_std, counts, rng, normal_table, device_pulses, counters):
+    """Apply a signed pulse-count matrix (counts[i, j] > 0: that many up pulses on device (i, j), < 0: down pulses),
+    device by device in row-major order, as the test board's UPDATE and APPLY_PULSES commands do. Counts training
+    pulses and one update call; returns the pulses applied."""
+    rows, cols = state.shape
+    counters[C_UPDATES] += 1
+    total = 0
+    net_up = 0
+    pulses = device_pulses[0]
+    for i in range(rows):
+        for j in range(cols):
+            n = np.int64(counts[i, j])
+            if n == 0:
+                continue
+            down = n < 0
+            count = -n if down else n
+            pulse_device(state, params, i, j, count, POLARITY_DOWN if down else POLARITY_UP, table_up, table_down,
+                         c2c_std, rng, normal_table)
+            pulses[i, j, 1 if down else 0] += np.int32(count)
+            total += count
+            net_up += n
+    counters[C_PULSES_UP] += (total + net_up) // 2
+    counters[C_PULSES_DOWN] += (total - net_up) // 2
+    return total

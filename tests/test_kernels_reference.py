@@ -923,3 +923,51 @@ def test_train_length_saturates_for_huge_ratios():
     assert ctl.train_length(1.0, 1e12, 1e12, 1e-3, 31) == 31
     assert ctl.train_length(0.01, 1.0, 0.25, 0.001, 31) == 3
     assert ctl.train_length(1e-9, 1.0, 1.0, 0.001, 31) == 1
+
+
+def ref_apply_counts(tile, counts, rng, device_pulses, counters):
+    counters[ctl.C_UPDATES] += 1
+    total = 0
+    for i in range(counts.shape[0]):
+        for j in range(counts.shape[1]):
+            n = int(counts[i, j])
+            if n > 0:
+                tile.pulse(i, j, n, -1, rng)
+                device_pulses[0, i, j, 0] += n
+                counters[ctl.C_PULSES_UP] += n
+            elif n < 0:
+                tile.pulse(i, j, -n, +1, rng)
+                device_pulses[0, i, j, 1] += -n
+                counters[ctl.C_PULSES_DOWN] += -n
+            total += abs(n)
+    return total
+
+
+@pytest.mark.parametrize("seed, c2c_std, region", [(0, 0.0, False), (1, 0.2, False), (2, 0.2, True)])
+def test_apply_counts_matches_reference(seed, c2c_std, region):
+    """The test board's UPDATE / APPLY_PULSES kernel, also on a region view of a bigger array (as the board uses)."""
+    rng = np.random.default_rng(1300 + seed)
+    rows, cols = 5, 7
+    state, params, table_up, table_down = random_tile(rng, rows + 3, cols + 4)
+    counts = rng.integers(-127, 128, (rows, cols)).astype(np.int32)
+    counts[rng.random((rows, cols)) < 0.3] = 0
+    device_pulses = random_device_pulses(rng, rows + 3, cols + 4)
+    counters = rng.integers(0, 1000, ctl.N_COUNTERS).astype(np.int64)
+    r0, c0 = (2, 3) if region else (0, 0)
+    view = (slice(r0, r0 + rows), slice(c0, c0 + cols))
+    ref = RefTile(state[view], params[view], table_up, table_down, c2c_std)
+    ref_pulses = device_pulses[:, view[0], view[1], :].astype(np.int64)
+    ref_counters = counters.copy()
+    gen = fixed.seed_state(seed)
+    ref_gen = RefRng(gen)
+    want = ref_apply_counts(ref, counts, ref_gen, ref_pulses, ref_counters)
+    outside = state.copy()
+    got = ctl.apply_counts(state[view], params[view], table_up, table_down, c2c_std, counts, gen,
+                           fixed.normal_table(), device_pulses[:, view[0], view[1], :], counters)
+    assert got == want == np.abs(counts).sum()
+    np.testing.assert_array_equal(state[view], ref.state())
+    outside[view] = state[view]
+    np.testing.assert_array_equal(state, outside)  # nothing outside the region moved
+    np.testing.assert_array_equal(device_pulses[:, view[0], view[1], :], ref_pulses)
+    np.testing.assert_array_equal(counters, ref_counters)
+    assert int(gen[0]) == ref_gen.s
