@@ -325,6 +325,57 @@ def cmd_hil_train(args) -> int:
     return 0
 
 
+def cmd_sweep_run(args) -> int:
+    from .sweep import load_spec, run_sweep
+
+    spec = load_spec(args.spec)
+    if args.jobs is not None and args.jobs < 1:
+        raise EdgelearnError(f"--jobs: expected a positive number of workers, got {args.jobs}")
+    result = run_sweep(spec, args.out, jobs=args.jobs, scheduler=args.scheduler, progress=not args.quiet,
+                       spec_text=Path(args.spec).read_text())
+    if args.json:
+        print(result.to_json())
+    else:
+        print(f"sweep {spec.name}: {result.planned} runs, {result.already_complete} already complete, "
+              f"{result.completed} completed now, {len(result.failed)} failed ({result.backend}, {result.workers} "
+              f"workers, {result.wall_s:.0f} s); report: edgelearn sweep report {args.out}")
+    for failure in result.failed:
+        print(f"edgelearn: run {failure['key']} {json.dumps(failure['axes'])} failed after {failure['attempts']} "
+              f"attempt(s): {failure['error']} (config and traceback: {args.out}/runs/{failure['key']}/error.json)",
+              file=sys.stderr)
+    return 1 if result.failed else 0
+
+
+def cmd_sweep_report(args) -> int:
+    from .sweep import report
+
+    result = report(args.dir, plots=not args.no_plots)
+    if args.json:
+        print(result.to_json())
+        return 0
+    counts = {s: sum(r["status"] == s for r in result.rows) for s in ("complete", "failed", "pending")}
+    print(f"sweep {result.name}: {counts['complete']} complete, {counts['failed']} failed, {counts['pending']} "
+          f"pending; Pareto front: {', '.join(k[:8] for k in result.pareto) or '-'}")
+    print("wrote " + ", ".join(f"{args.dir}/{f}" for f in result.files))
+    return 0
+
+
+def cmd_sweep_plan(args) -> int:
+    from .sweep import is_complete, load_spec, plan
+
+    spec = load_spec(args.spec)
+    runs = plan(spec, source=args.spec)
+    for run in runs:
+        status = ""
+        if args.out:
+            run_dir = Path(args.out) / "runs" / run.key
+            status = "complete" if is_complete(run_dir) else ("failed" if (run_dir / "error.json").exists()
+                                                               else "pending")
+        print(f"{run.key}  {status:<9} {json.dumps(run.axes)}")
+    print(f"{len(runs)} runs")
+    return 0
+
+
 def _progress(total, desc, quiet):
     if quiet:
         return None
@@ -493,6 +544,26 @@ def build_parser() -> argparse.ArgumentParser:
     htr.add_argument("--quiet", action="store_true")
     htr.add_argument("--json", action="store_true")
     htr.set_defaults(func=cmd_hil_train)
+
+    sweep = top.add_parser("sweep", help="design-space sweeps: run a TOML grid (local pool or Dask), report it")
+    ss = sweep.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    srun = ss.add_parser("run", help="run every missing run of a sweep spec into DIR (resumes; never redoes)")
+    srun.add_argument("spec", help="sweep spec TOML (e.g. traces/sweeps/paper.toml)")
+    srun.add_argument("--out", required=True, help="results directory (one subdirectory per run, by config hash)")
+    srun.add_argument("--jobs", type=int, help="local worker processes (default: the number of cores)")
+    srun.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786): run on that cluster instead")
+    srun.add_argument("--quiet", action="store_true")
+    srun.add_argument("--json", action="store_true")
+    srun.set_defaults(func=cmd_sweep_run)
+    srep = ss.add_parser("report", help="aggregate a sweep directory: report.csv, report.md, plots")
+    srep.add_argument("dir")
+    srep.add_argument("--no-plots", action="store_true")
+    srep.add_argument("--json", action="store_true")
+    srep.set_defaults(func=cmd_sweep_report)
+    splan = ss.add_parser("plan", help="list a spec's runs (and their status in --out DIR)")
+    splan.add_argument("spec")
+    splan.add_argument("--out")
+    splan.set_defaults(func=cmd_sweep_plan)
 
     trace = top.add_parser("trace", help="convert measured traces")
     tr = trace.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")

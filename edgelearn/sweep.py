@@ -1,0 +1,589 @@
+"""Design-space sweeps: a TOML spec of axes expands into full run configs; every run lives in its own directory keyed
+by a hash of its config, so a sweep resumes where it stopped and never redoes finished work. Runs execute on a local
+process pool (workers pinned to one thread) or on a Dask cluster (`scheduler=ADDRESS`); `report()` aggregates a
+results directory into a table and plots (accuracy vs energy with the Pareto front, epochs to target vs pulse width,
+per-algorithm comparisons). `edgelearn sweep run|report|list` are thin layers over `run_sweep` / `report` / `plan`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import itertools
+import json
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import EdgelearnError, InputError
+from .traces import write_atomically
+
+THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+class SweepSpec(BaseModel):
+    """A sweep: every combination of the axes' values, on top of the fixed options."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("sweep", description="shown in reports")
+    kind: Literal["train", "stream"] = Field("train", description="train: MNIST training runs (TrainConfig fields); "
+                                                                  "stream: `edgelearn run` scenarios (RunConfig)")
+    axes: dict[str, list[Any]] = Field(description="config field -> values; card values may be glob patterns over "
+                                                   "the bundled cards (e.g. 'ID170ZR5000-*')")
+    fixed: dict[str, Any] = Field(default_factory=dict, description="config fields shared by every run")
+    metric: str = Field("test_accuracy", description="summary field the report ranks runs by")
+    goal: Literal["max", "min"] = "max"
+    target_accuracy: float = Field(0.95, gt=0, le=1, description="validation accuracy for epochs- and "
+                                                                 "energy-to-target")
+    energy_models: list[str] = Field(["table"], min_length=1, description="energy models the report costs runs in")
+    retries: int = Field(1, ge=0, description="re-executions of a run that raised, within one sweep invocation")
+
+
+@dataclass
+class PlannedRun:
+    key: str
+    axes: dict
+    config: dict  # the full config (every field, defaults included): what the key hashes
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    import tomllib
+
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(path, f"not valid TOML ({exc})") from None
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise InputError(path, err["msg"], field=".".join(str(p) for p in err["loc"]) or "spec") from None
+    plan(spec, source=path)  # every run's config is validated here, before anything runs
+    return spec
+
+
+def _config_class(kind: str):
+    if kind == "train":
+        from .train import TrainConfig
+
+        return TrainConfig
+    from .continual import RunConfig
+
+    return RunConfig
+
+
+def _expand_cards(values: list, source) -> list:
+    """Glob patterns (containing * ? [) expand to the matching bundled card ids, sorted; other values stay."""
+    from .devices import bundled_cards
+
+    out = []
+    for value in values:
+        if isinstance(value, str) and any(ch in value for ch in "*?["):
+            ids = sorted(bundled_cards())
+            matches = [c for c in ids if fnmatch.fnmatch(c, value)]
+            if not matches:
+                raise InputError(source, f"card pattern '{value}' matches no bundled card", field="axes.card")
+            out += matches
+        else:
+            out.append(value)
+    return out
+
+
+def run_key(kind: str, config: dict) -> str:
+    """The run's identity: a hash of its kind and full config (defaults included)."""
+    blob = json.dumps({"kind": kind, "config": config}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def plan(spec: SweepSpec, source: str | Path = "spec") -> list[PlannedRun]:
+    """Every run of the sweep, in axis order, each validated; one-line errors naming the spec and field."""
+    cls = _config_class(spec.kind)
+    fields = set(cls.model_fields)
+    for name in list(spec.axes) + list(spec.fixed):
+        if name not in fields:
+            raise InputError(source, f"not a {spec.kind} config field (known: {', '.join(sorted(fields))})",
+                             field=name)
+    both = set(spec.axes) & set(spec.fixed)
+    if both:
+        raise InputError(source, "given both as an axis and as fixed", field=sorted(both)[0])
+    axes = {name: list(values) for name, values in spec.axes.items()}
+    for name, values in axes.items():
+        if not values:
+            raise InputError(source, "an axis needs at least one value", field=f"axes.{name}")
+    if "card" in axes:
+        axes["card"] = _expand_cards(axes["card"], source)
+    runs, seen = [], set()
+    names = list(axes)
+    for combo in itertools.product(*(axes[n] for n in names)):
+        chosen = dict(zip(names, combo))
+        try:
+            config = cls.model_validate({**spec.fixed, **chosen}).model_dump(mode="json")
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "config"
+            raise InputError(source, f"{err['msg']} (run {chosen})", field=where) from None
+        key = run_key(spec.kind, config)
+        if key not in seen:  # two axis values that mean the same config are one run
+            seen.add(key)
+            runs.append(PlannedRun(key, chosen, config))
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------------- one run
+
+def execute(kind: str, config: dict, run_dir: str) -> dict:
+    """Run one config into run_dir (what a worker executes): a training run resumes from its checkpoint if one is
+    there; the summary is written last, atomically, so its presence means the run is complete."""
+    t0 = time.perf_counter()
+    out = Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if kind == "train":
+        from .train import TrainConfig, train
+
+        cfg = TrainConfig.model_validate(config)
+        resume = (out / "checkpoint.npz").exists()
+        try:
+            result = train(cfg, out=out, resume=resume, progress=False)
+        except EdgelearnError as exc:
+            if not resume or "checkpoint" not in str(exc):
+                raise
+            (out / "checkpoint.npz").unlink()  # an unreadable or foreign checkpoint: start this run again
+            result = train(cfg, out=out, resume=False, progress=False)
+        metric_source = result.to_dict()
+    else:
+        from .continual import RunConfig, run_stream
+
+        result = run_stream(RunConfig.model_validate(config), progress=False)
+        write_atomically(out / "summary.json", result.to_json() + "\n")
+        metric_source = asdict(result)
+    return {"wall_s": time.perf_counter() - t0, "test_accuracy": metric_source.get("test_accuracy"),
+            "prequential_accuracy": metric_source.get("prequential_accuracy"), "pid": os.getpid()}
+
+
+def _pin_threads() -> None:
+    """Pool initializer: one numba / BLAS thread per worker (the environment was set before the spawn too)."""
+    for name in THREAD_ENV:
+        os.environ[name] = "1"
+    try:
+        import numba
+
+        numba.set_num_threads(1)
+    except (ImportError, ValueError):
+        pass
+
+
+@contextlib.contextmanager
+def _single_thread_env():
+    saved = {k: os.environ.get(k) for k in THREAD_ENV}
+    os.environ.update({k: "1" for k in THREAD_ENV})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# ---------------------------------------------------------------------------------------------------- the sweep
+
+@dataclass
+class SweepResult:
+    out: str
+    planned: int
+    already_complete: int
+    completed: int
+    failed: list = field(default_factory=list)  # [{key, axes, error, attempts}]
+    wall_s: float = 0.0
+    backend: str = "local"
+    workers: int = 1
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def is_complete(run_dir: Path) -> bool:
+    return (run_dir / "summary.json").exists()
+
+
+def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, scheduler: str | None = None,
+              progress: bool = True, spec_text: str | None = None) -> SweepResult:
+    """Execute every run of the spec not yet complete in `out`; failed runs are retried `spec.retries` times, then
+    recorded in runs/KEY/error.json (with config and traceback) and reported. Re-running the same command resumes."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    runs = plan(spec)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    if spec_text is not None:
+        write_atomically(out / "spec.toml", spec_text)
+    write_atomically(out / "sweep.json", json.dumps({"name": spec.name, "kind": spec.kind, "metric": spec.metric,
+                                                     "goal": spec.goal, "target_accuracy": spec.target_accuracy,
+                                                     "energy_models": spec.energy_models,
+                                                     "runs": [r.key for r in runs]}, indent=2) + "\n")
+    pending = []
+    for run in runs:
+        run_dir = out / "runs" / run.key
+        run_dir.mkdir(exist_ok=True)
+        write_atomically(run_dir / "config.json", json.dumps({"kind": spec.kind, "key": run.key, "axes": run.axes,
+                                                              "config": run.config}, indent=2) + "\n")
+        if not is_complete(run_dir):
+            pending.append(run)
+    result = SweepResult(str(out), len(runs), len(runs) - len(pending), 0)
+    if pending:
+        if scheduler:
+            _run_dask(spec, out, pending, scheduler, progress, result)
+        else:
+            _run_local(spec, out, pending, jobs or min(len(pending), os.cpu_count() or 1), progress, result)
+    result.wall_s = time.perf_counter() - t0
+    return result
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool, label: str):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=label, unit="run")
+        self.done = self.failed = self.running = 0
+
+    def update(self, done: int = 0, failed: int = 0, running: int | None = None) -> None:
+        self.done += done
+        self.failed += failed
+        if running is not None:
+            self.running = running
+        if self.bar is not None:
+            self.bar.set_postfix(finished=self.done, running=self.running, failed=self.failed, refresh=False)
+            self.bar.update(done + failed)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _record_failure(out: Path, spec: SweepSpec, run: PlannedRun, error: BaseException | str, attempts: int,
+                    result: SweepResult) -> None:
+    if isinstance(error, BaseException):
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        message = f"{type(error).__name__}: {error}"
+    else:
+        text = message = str(error)
+    record = {"key": run.key, "axes": run.axes, "config": run.config, "error": message, "traceback": text,
+              "attempts": attempts}
+    write_atomically(out / "runs" / run.key / "error.json", json.dumps(record, indent=2) + "\n")
+    result.failed.append({"key": run.key, "axes": run.axes, "error": message, "attempts": attempts})
+
+
+def _run_local(spec, out, pending, jobs, progress, result):
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    result.backend, result.workers = "local", jobs
+    bar = _Progress(len(pending), progress, f"sweep {spec.name} ({jobs} workers)")
+    attempts = {r.key: 0 for r in pending}
+    with _single_thread_env(), ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                   initializer=_pin_threads) as pool:
+        futures = {}
+
+        def submit(run):
+            attempts[run.key] += 1
+            (out / "runs" / run.key / "error.json").unlink(missing_ok=True)
+            futures[pool.submit(execute, spec.kind, run.config, str(out / "runs" / run.key))] = run
+
+        for run in pending:
+            submit(run)
+        bar.update(running=min(jobs, len(futures)))
+        while futures:
+            finished, _ = wait(list(futures), return_when=FIRST_COMPLETED)
+            for future in finished:
+                run = futures.pop(future)
+                try:
+                    future.result()
+                except BrokenProcessPool as exc:  # a worker died (killed, out of memory): no retry in this pool
+                    _record_failure(out, spec, run, f"worker process died ({exc})", attempts[run.key], result)
+                    bar.update(failed=1)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - any error of a run is recorded with its config
+                    if attempts[run.key] <= spec.retries:
+                        submit(run)
+                        continue
+                    _record_failure(out, spec, run, exc, attempts[run.key], result)
+                    bar.update(failed=1)
+                    continue
+                result.completed += 1
+                bar.update(done=1)
+            bar.update(running=min(jobs, len(futures)))
+    bar.close()
+
+
+def _run_dask(spec, out, pending, scheduler, progress, result):
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise EdgelearnError("--scheduler needs Dask: pip install 'edgelearn[dask]' (dask[distributed])") from None
+    try:
+        client = Client(scheduler, timeout="20s")
+    except (OSError, TimeoutError) as exc:
+        raise EdgelearnError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
+    with client:
+        workers = len(client.scheduler_info().get("workers", {}))
+        result.backend, result.workers = f"dask {scheduler}", workers
+        client.run(_pin_threads)
+        bar = _Progress(len(pending), progress, f"sweep {spec.name} (dask, {workers} workers)")
+        futures = {}
+        for run in pending:
+            future = client.submit(execute, spec.kind, run.config, str((out / "runs" / run.key).resolve()),
+                                   key=f"edgelearn-run-{run.key}", pure=False, retries=spec.retries)
+            futures[future] = run
+        bar.update(running=min(workers, len(futures)))
+        remaining = len(futures)
+        for future in as_completed(list(futures)):
+            run = futures[future]
+            remaining -= 1
+            if future.status == "finished":
+                result.completed += 1
+                bar.update(done=1, running=min(workers, remaining))
+            else:
+                exc = future.exception()
+                _record_failure(out, spec, run, exc, spec.retries + 1, result)
+                bar.update(failed=1, running=min(workers, remaining))
+        bar.close()
+
+
+# ---------------------------------------------------------------------------------------------------- the report
+
+@dataclass
+class SweepReport:
+    out: str
+    name: str
+    kind: str
+    metric: str
+    goal: str
+    rows: list  # one dict per run: axes, status, figures
+    pareto: list  # keys on the accuracy / energy Pareto front
+    files: list
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=str)
+
+
+def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
+    """Keys of the points (key, energy, accuracy) that no other point beats: none has energy <= and accuracy >= with
+    one of them strict. Sorted by energy."""
+    front = []
+    for key, e, a in points:
+        dominated = any((e2 <= e and a2 >= a) and (e2 < e or a2 > a) for _, e2, a2 in points)
+        if not dominated:
+            front.append((e, key))
+    return [k for _, k in sorted(front)]
+
+
+def _train_row(summary: dict, spec: dict, energy_models) -> dict:
+    from .energy import report_run
+
+    target = spec["target_accuracy"]
+    epochs = summary["epochs"]
+    hit = next((m["epoch"] for m in epochs if m["validation_accuracy"] >= target), None)
+    config = summary["config"]
+    counters = summary.get("counters", {})
+    row = {"card_id": summary.get("card_id"), "algorithm": config["algorithm"], "lr": config["lr"],
+           "seed": config["seed"], "epochs": len(epochs), "test_accuracy": summary["test_accuracy"],
+           "final_validation_accuracy": epochs[-1]["validation_accuracy"] if epochs else None,
+           "epochs_to_target": hit,
+           "pulses": sum(counters.get(k, 0) for k in ("pulses_up", "pulses_down")),
+           "calibration_pulses": sum(counters.get(k, 0) for k in ("calibration_pulses_up",
+                                                                   "calibration_pulses_down")),
+           "wall_s": summary.get("wall_s")}
+    for model in energy_models:
+        if summary.get("card_id"):
+            r = report_run(summary, model, targets=(target,))
+            row[f"energy_j[{model.name}]"] = r.components_j["total"]
+            row[f"energy_to_target_j[{model.name}]"] = r.energy_to_target_j[f"{target:.2f}"]
+        else:
+            row[f"energy_j[{model.name}]"] = None
+            row[f"energy_to_target_j[{model.name}]"] = None
+    return row
+
+
+def _stream_row(summary: dict, spec: dict, energy_models) -> dict:
+    return {"card_id": summary.get("card_id"), "algorithm": summary["config"]["algorithm"],
+            "lr": summary["config"]["lr"], "seed": summary["config"]["seed"],
+            "prequential_accuracy": summary["prequential_accuracy"], "accuracy_before": summary["accuracy_before"],
+            "accuracy_after": summary["accuracy_after"], "pulses": summary["pulses"],
+            f"energy_j[{summary['energy_model']}]": summary["energy_per_day_j"],
+            "energy_per_day_j": summary["energy_per_day_j"], "wall_s": summary["wall_s"]}
+
+
+def report(out: str | Path, plots: bool = True) -> SweepReport:
+    """Aggregate a sweep directory: report.csv, report.md and (with matplotlib) pareto.png, epochs_to_target.png,
+    algorithms.png. Incomplete runs are listed as pending, failed ones with their error."""
+    import csv
+    import io
+
+    from .devices import load_card
+    from .energy import load_energy_model
+
+    out = Path(out)
+    try:
+        spec = json.loads((out / "sweep.json").read_text())
+    except FileNotFoundError:
+        raise InputError(out / "sweep.json", "not a sweep directory (run `edgelearn sweep run` first)") from None
+    energy_models = [load_energy_model(m) for m in spec["energy_models"]] if spec["kind"] == "train" else []
+    rows = []
+    for key in spec["runs"]:
+        run_dir = out / "runs" / key
+        try:
+            meta = json.loads((run_dir / "config.json").read_text())
+        except FileNotFoundError:
+            raise InputError(run_dir / "config.json", "missing: the sweep directory is damaged") from None
+        row = {"key": key, **{f"axis:{k}": v for k, v in meta["axes"].items()}}
+        if is_complete(run_dir):
+            summary = json.loads((run_dir / "summary.json").read_text())
+            row["status"] = "complete"
+            row.update(_train_row(summary, spec, energy_models) if spec["kind"] == "train"
+                       else _stream_row(summary, spec, energy_models))
+            if row.get("card_id"):
+                try:
+                    row["pulse_width_s"] = load_card(meta["config"]["card"]).pulse_width_s
+                except EdgelearnError:
+                    row["pulse_width_s"] = None
+            row["metric"] = summary.get(spec["metric"])
+        elif (run_dir / "error.json").exists():
+            row["status"] = "failed"
+            row["error"] = json.loads((run_dir / "error.json").read_text())["error"]
+        else:
+            row["status"] = "pending"
+        rows.append(row)
+    done = [r for r in rows if r["status"] == "complete"]
+    energy_key = (f"energy_j[{energy_models[0].name}]" if energy_models else
+                  next((k for k in (done[0] if done else {}) if k.startswith("energy_j[")), None))
+    points = [(r["key"], r[energy_key], r["metric"]) for r in done
+              if energy_key and r.get(energy_key) is not None and r.get("metric") is not None]
+    if spec["goal"] == "min":
+        points = [(k, e, -a) for k, e, a in points]
+    front = pareto_front(points)
+    for r in rows:
+        r["pareto"] = r["key"] in front
+    columns = []
+    for r in rows:
+        for k in r:
+            if k not in columns:
+                columns.append(k)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow(r)
+    write_atomically(out / "report.csv", buffer.getvalue())
+    files = ["report.csv", "report.md"]
+    if plots and done:
+        files += _plots(out, spec, done, energy_key, front)
+    write_atomically(out / "report.md", _markdown(spec, rows, columns, front, files))
+    return SweepReport(str(out), spec["name"], spec["kind"], spec["metric"], spec["goal"], rows, front, files)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _markdown(spec: dict, rows: list, columns: list, front: list, files: list) -> str:
+    done = [r for r in rows if r["status"] == "complete"]
+    reverse = spec["goal"] == "max"
+    done.sort(key=lambda r: (r.get("metric") is None, -(r["metric"] or 0) if reverse else (r["metric"] or 0)))
+    axes = [c for c in columns if c.startswith("axis:")]
+    hidden = {"status", "error", "pareto", "key", "metric"} | {c[5:] for c in axes}
+    shown = axes + [c for c in columns if c not in hidden and not c.startswith("axis:")]
+    lines = [f"# Sweep `{spec['name']}`", "",
+             f"{len(rows)} runs: {len(done)} complete, {sum(r['status'] == 'failed' for r in rows)} failed, "
+             f"{sum(r['status'] == 'pending' for r in rows)} pending. Ranked by `{spec['metric']}` ({spec['goal']}); "
+             f"target validation accuracy {spec['target_accuracy']}. Pareto front (accuracy vs energy) marked *.", "",
+             "| run | " + " | ".join(c[5:] if c.startswith("axis:") else c for c in shown) + " |",
+             "|" + "---|" * (len(shown) + 1)]
+    for r in done:
+        lines.append(f"| {r['key'][:8]}{' *' if r['pareto'] else ''} | " + " | ".join(_fmt(r.get(c)) for c in shown)
+                     + " |")
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        lines += ["", "Failed runs (config and traceback in runs/KEY/error.json):", ""]
+        lines += [f"- {r['key']} {json.dumps({k[5:]: v for k, v in r.items() if k.startswith('axis:')})}: "
+                  f"{r['error']}" for r in failed]
+    pictures = [f for f in files if f.endswith(".png")]
+    if pictures:
+        lines += [""] + [f"![{p}]({p})" for p in pictures]
+    return "\n".join(lines) + "\n"
+
+
+def _plots(out: Path, spec: dict, done: list, energy_key: str | None, front: list) -> list[str]:
+    try:
+        from .report import _pyplot
+
+        plt = _pyplot()
+    except EdgelearnError:
+        return []
+    import numpy as np
+
+    files = []
+    algorithms = sorted({r["algorithm"] for r in done})
+    colors = {a: f"C{k}" for k, a in enumerate(algorithms)}
+    if energy_key:
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for a in algorithms:
+            pts = [(r[energy_key], r["metric"]) for r in done if r["algorithm"] == a and r.get(energy_key)]
+            if pts:
+                ax.scatter(*zip(*pts), color=colors[a], label=a, s=22)
+        fr = sorted((r[energy_key], r["metric"]) for r in done if r["key"] in front)
+        if fr:
+            ax.plot(*zip(*fr), color="k", lw=1, ls="--", label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_xlabel(energy_key.replace("energy_j", "total energy, J "))
+        ax.set_ylabel(spec["metric"])
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "pareto.png", dpi=90)
+        plt.close(fig)
+        files.append("pareto.png")
+    with_width = [r for r in done if r.get("pulse_width_s")]
+    if with_width and spec["kind"] == "train":
+        for name, field_name, label in (("epochs_to_target.png", "epochs_to_target",
+                                         f"epochs to {spec['target_accuracy']:.0%} validation"),
+                                        ("algorithms.png", "metric", spec["metric"])):
+            fig, ax = plt.subplots(figsize=(6.5, 4.2))
+            for a in algorithms:
+                by_width: dict = {}
+                for r in with_width:
+                    if r["algorithm"] == a and r.get(field_name) is not None:
+                        by_width.setdefault(r["pulse_width_s"], []).append(r[field_name])
+                if by_width:
+                    w = sorted(by_width)
+                    mean = [np.mean(by_width[x]) for x in w]
+                    std = [np.std(by_width[x]) for x in w]
+                    ax.errorbar(w, mean, yerr=std, color=colors[a], marker="o", capsize=3, label=a)
+            if not ax.has_data():
+                plt.close(fig)
+                continue
+            ax.set_xscale("log")
+            ax.set_xlabel("pulse width, s")
+            ax.set_ylabel(label)
+            ax.legend(fontsize=8)
+            ax.set_title("mean ± std over seeds; runs that never reach the target are left out"
+                         if field_name == "epochs_to_target" else "mean ± std over seeds", fontsize=8)
+            fig.tight_layout()
+            fig.savefig(out / name, dpi=90)
+            plt.close(fig)
+            files.append(name)
+    return files

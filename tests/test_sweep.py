@@ -1,0 +1,150 @@
+"""Sweeps: spec validation, local pool vs Dask with identical runs, resume after a kill, failures reported with their
+config, the report and its Pareto front."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from edgelearn.cli import main
+from edgelearn.errors import InputError
+from edgelearn.sweep import SweepSpec, load_spec, pareto_front, plan, report, run_sweep
+from test_train import fake_mnist
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory):
+    return fake_mnist(tmp_path_factory.mktemp("mnist"), n_train=12500, n_test=40)
+
+
+def small_spec(path, mnist_dir, extra_axes="", name="small"):
+    path.write_text(f'name = "{name}"\ntarget_accuracy = 0.1\nenergy_models = ["table", "schottky-bound"]\n'
+                    '[axes]\ncard = ["ID170ZR5000-20ns", "ID170ZR5000-200us"]\nalgorithm = ["mp", "sgd"]\n'
+                    f'seed = [0, 1]\n{extra_axes}'
+                    f'[fixed]\nepochs = 2\nnetwork = "784-8-10"\nmax_train_samples = 96\nbatch_size = 16\n'
+                    f'data_dir = "{mnist_dir}"\n')
+    return path
+
+
+def numbers(out):
+    """Every run's summary without wall times: what must not depend on where the run executed."""
+    result = {}
+    for run_dir in sorted((out / "runs").iterdir()):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        summary.pop("wall_s")
+        for m in summary["epochs"]:
+            m.pop("wall_s")
+        result[run_dir.name] = summary
+    return result
+
+
+def test_spec_errors_name_file_and_field(tmp_path, mnist_dir):
+    spec = tmp_path / "s.toml"
+    cases = [
+        ('[axes]\ncolour = ["red"]\n', r"s\.toml: field 'colour': not a train config field"),
+        ('[axes]\nlr = []\n', r"s\.toml: field 'axes.lr': an axis needs at least one value"),
+        ('[axes]\nlr = [0.1]\n[fixed]\nlr = 0.2\n', r"s\.toml: field 'lr': given both as an axis and as fixed"),
+        ('[axes]\ncard = ["NOPE-*"]\n', r"s\.toml: field 'axes.card': card pattern 'NOPE-\*' matches no bundled card"),
+        ('[axes]\nlr = [0.1, -1.0]\n[fixed]\ndata_dir = "x"\n',
+         r"s\.toml: field 'lr': Input should be greater than 0 \(run \{'lr': -1.0\}\)"),
+        ('kind = "batch"\n[axes]\nlr = [0.1]\n', r"s\.toml: field 'kind': Input should be 'train' or 'stream'"),
+        ('[axes\n', r"s\.toml: not valid TOML"),
+    ]
+    for text, message in cases:
+        spec.write_text(text)
+        with pytest.raises(InputError, match=message):
+            load_spec(spec)
+
+
+def test_plan_expands_globs_and_keys_by_full_config(tmp_path, mnist_dir):
+    spec = SweepSpec(axes={"card": ["ID170ZR5000-2*"], "lr": [0.5, 0.50]}, fixed={"data_dir": str(mnist_dir)})
+    runs = plan(spec)
+    assert [r.axes["card"] for r in runs] == ["ID170ZR5000-200ns-20241024T133047", "ID170ZR5000-200us-20241024T135335",
+                                              "ID170ZR5000-20ns-20241024T132232", "ID170ZR5000-20us-20241024T134645",
+                                              "ID170ZR5000-2ms-20241024T140002", "ID170ZR5000-2us-20241024T133858"]
+    assert len({r.key for r in runs}) == 6  # lr 0.5 and 0.50 are one config: one run
+    assert runs[0].config["epochs"] == 25 and runs[0].config["periphery"]["adc_bits"] == 9  # defaults are hashed too
+
+
+def test_local_pool_and_dask_give_identical_runs(tmp_path, mnist_dir):
+    distributed = pytest.importorskip("distributed", reason="Dask is an optional extra (edgelearn[dask])")
+    spec = load_spec(small_spec(tmp_path / "s.toml", mnist_dir))
+    local = run_sweep(spec, tmp_path / "local", jobs=2, progress=False)
+    assert (local.planned, local.completed, local.failed, local.workers) == (8, 8, [], 2)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
+        on_dask = run_sweep(spec, tmp_path / "dask", scheduler=cl.scheduler_address, progress=False)
+    assert (on_dask.completed, on_dask.failed, on_dask.workers) == (8, [], 2)
+    assert on_dask.backend.startswith("dask tcp://")
+    assert numbers(tmp_path / "local") == numbers(tmp_path / "dask")
+    again = run_sweep(spec, tmp_path / "local", jobs=2, progress=False)
+    assert (again.already_complete, again.completed) == (8, 0)  # nothing is redone
+
+
+def test_killed_sweep_resumes_with_only_the_missing_runs(tmp_path, mnist_dir):
+    spec_path = small_spec(tmp_path / "s.toml", mnist_dir)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen([sys.executable, "-m", "edgelearn.cli", "sweep", "run", str(spec_path), "--out", str(out),
+                             "--jobs", "1", "--quiet"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    done = []
+    while time.time() < deadline and len(done) < 3:
+        time.sleep(0.2)
+        done = sorted((out / "runs").glob("*/summary.json")) if (out / "runs").is_dir() else []
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its worker, mid-way
+    proc.wait()
+    done = {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/summary.json")}
+    assert 3 <= len(done) < 8
+    result = run_sweep(load_spec(spec_path), out, jobs=2, progress=False)
+    assert result.already_complete == len(done) and result.completed == 8 - len(done) and not result.failed
+    assert {k: (out / "runs" / k / "summary.json").stat().st_mtime_ns for k in done} == done  # not rewritten
+
+
+def test_failing_run_is_reported_with_its_config(tmp_path, mnist_dir, capsys):
+    spec_path = tmp_path / "bad.toml"
+    spec_path.write_text('name = "bad"\nretries = 1\n[axes]\ncard = ["ID170ZR5000-20ns", "missing-card.json"]\n'
+                         f'[fixed]\nepochs = 1\nnetwork = "784-4-10"\nmax_train_samples = 32\n'
+                         f'data_dir = "{mnist_dir}"\n')
+    out = tmp_path / "out"
+    assert main(["sweep", "run", str(spec_path), "--out", str(out), "--jobs", "2", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert 'failed after 2 attempt(s): EdgelearnError: missing-card.json: no such card file' in err
+    (failure,) = [json.loads(p.read_text()) for p in (out / "runs").glob("*/error.json")]
+    assert failure["config"]["card"] == "missing-card.json" and failure["attempts"] == 2
+    assert "Traceback" in failure["traceback"]
+    rep = report(out)
+    assert [r["status"] for r in rep.rows] == ["complete", "failed"]
+    assert "missing-card.json" in (out / "report.md").read_text()
+
+
+def test_report_table_plots_and_pareto(tmp_path, mnist_dir):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out"
+    run_sweep(load_spec(small_spec(tmp_path / "s.toml", mnist_dir)), out, jobs=2, progress=False)
+    assert main(["sweep", "report", str(out)]) == 0
+    rep = report(out)
+    assert set(rep.files) == {"report.csv", "report.md", "pareto.png", "epochs_to_target.png", "algorithms.png"}
+    rows = rep.rows
+    assert len(rows) == 8 and all(r["status"] == "complete" for r in rows)
+    assert {r["pulse_width_s"] for r in rows} == {2e-8, 2e-4}
+    for r in rows:  # the energy columns are the energy module's, from the run's counters
+        assert r["energy_j[table]"] > 0 and r["energy_j[schottky-bound]"] > r["energy_j[table]"]
+    points = [(r["key"], r["energy_j[table]"], r["test_accuracy"]) for r in rows]
+    assert rep.pareto == pareto_front(points)
+    for key, e, a in points:  # nothing on the front is beaten; everything off it is
+        beaten = any(e2 <= e and a2 >= a and (e2 < e or a2 > a) for _, e2, a2 in points)
+        assert beaten == (key not in rep.pareto)
+    lines = (out / "report.csv").read_text().splitlines()
+    assert len(lines) == 9 and "energy_to_target_j[table]" in lines[0]
+
+
+def test_pareto_front_by_hand():
+    points = [("a", 1.0, 0.5), ("b", 2.0, 0.9), ("c", 3.0, 0.8), ("d", 2.0, 0.9), ("e", 0.5, 0.1), ("f", 1.0, 0.4)]
+    assert pareto_front(points) == ["e", "a", "b", "d"]
