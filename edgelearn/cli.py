@@ -326,13 +326,13 @@ def cmd_hil_train(args) -> int:
 
 
 def cmd_sweep_run(args) -> int:
-    from .sweep import load_spec, run_sweep
+    from .sweep import load_spec, run_sweep, spec_path
 
     spec = load_spec(args.spec)
     if args.jobs is not None and args.jobs < 1:
         raise EdgelearnError(f"--jobs: expected a positive number of workers, got {args.jobs}")
     result = run_sweep(spec, args.out, jobs=args.jobs, scheduler=args.scheduler, progress=not args.quiet,
-                       spec_text=Path(args.spec).read_text())
+                       spec_text=spec_path(args.spec).read_text())
     if args.json:
         print(result.to_json())
     else:
@@ -548,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = top.add_parser("sweep", help="design-space sweeps: run a TOML grid (local pool or Dask), report it")
     ss = sweep.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
     srun = ss.add_parser("run", help="run every missing run of a sweep spec into DIR (resumes; never redoes)")
-    srun.add_argument("spec", help="sweep spec TOML (e.g. traces/sweeps/paper.toml)")
+    srun.add_argument("spec", help="sweep spec TOML, or a shipped spec's name (paper)")
     srun.add_argument("--out", required=True, help="results directory (one subdirectory per run, by config hash)")
     srun.add_argument("--jobs", type=int, help="local worker processes (default: the number of cores)")
     srun.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786): run on that cluster instead")

@@ -52,10 +52,32 @@ class PlannedRun:
     config: dict  # the full config (every field, defaults included): what the key hashes
 
 
+def bundled_specs() -> dict[str, Path]:
+    """The shipped sweep specs (traces/sweeps/*.toml, installed as edgelearn.bundled), by name."""
+    from importlib import resources
+
+    try:
+        root = Path(str(resources.files("edgelearn.bundled"))) / "sweeps"
+    except ModuleNotFoundError:  # a source checkout without an installed copy: the checkout's specs
+        root = Path(__file__).resolve().parent.parent / "traces" / "sweeps"
+    return {p.stem: p for p in sorted(root.glob("*.toml"))}
+
+
+def spec_path(path_or_name: str | Path) -> Path:
+    """A spec file, or the name of a shipped spec (e.g. 'paper')."""
+    path = Path(path_or_name)
+    if path.exists() or path.suffix == ".toml":
+        return path
+    specs = bundled_specs()
+    if str(path_or_name) in specs:
+        return specs[str(path_or_name)]
+    raise InputError(path, f"no such spec file, and no shipped spec of that name (shipped: {', '.join(sorted(specs))})")
+
+
 def load_spec(path: str | Path) -> SweepSpec:
     import tomllib
 
-    path = Path(path)
+    path = spec_path(path)
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -286,45 +308,62 @@ def _record_failure(out: Path, spec: SweepSpec, run: PlannedRun, error: BaseExce
 
 def _run_local(spec, out, pending, jobs, progress, result):
     import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
+    from concurrent.futures import ProcessPoolExecutor
 
     result.backend, result.workers = "local", jobs
     bar = _Progress(len(pending), progress, f"sweep {spec.name} ({jobs} workers)")
     attempts = {r.key: 0 for r in pending}
-    with _single_thread_env(), ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                                   initializer=_pin_threads) as pool:
-        futures = {}
-
-        def submit(run):
-            attempts[run.key] += 1
-            (out / "runs" / run.key / "error.json").unlink(missing_ok=True)
-            futures[pool.submit(execute, spec.kind, run.config, str(out / "runs" / run.key))] = run
-
-        for run in pending:
-            submit(run)
-        bar.update(running=min(jobs, len(futures)))
-        while futures:
-            finished, _ = wait(list(futures), return_when=FIRST_COMPLETED)
-            for future in finished:
-                run = futures.pop(future)
-                try:
-                    future.result()
-                except BrokenProcessPool as exc:  # a worker died (killed, out of memory): no retry in this pool
-                    _record_failure(out, spec, run, f"worker process died ({exc})", attempts[run.key], result)
-                    bar.update(failed=1)
-                    continue
-                except Exception as exc:  # noqa: BLE001 - any error of a run is recorded with its config
-                    if attempts[run.key] <= spec.retries:
-                        submit(run)
-                        continue
-                    _record_failure(out, spec, run, exc, attempts[run.key], result)
-                    bar.update(failed=1)
-                    continue
-                result.completed += 1
-                bar.update(done=1)
-            bar.update(running=min(jobs, len(futures)))
+    pool = None
+    try:
+        with _single_thread_env():
+            pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_pin_threads)
+            _drive_pool(pool, spec, out, pending, jobs, attempts, bar, result)
+    except KeyboardInterrupt:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        bar.close()
+        raise EdgelearnError(f"interrupted after {result.completed} of {len(pending)} runs: run the same command again "
+                             "to finish the rest (complete runs are kept, training runs resume from their last "
+                             "epoch)") from None
+    pool.shutdown(wait=True)
     bar.close()
+
+
+def _drive_pool(pool, spec, out, pending, jobs, attempts, bar, result):
+    from concurrent.futures import FIRST_COMPLETED, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    futures = {}
+
+    def submit(run):
+        attempts[run.key] += 1
+        (out / "runs" / run.key / "error.json").unlink(missing_ok=True)
+        futures[pool.submit(execute, spec.kind, run.config, str(out / "runs" / run.key))] = run
+
+    for run in pending:
+        submit(run)
+    bar.update(running=min(jobs, len(futures)))
+    while futures:
+        finished, _ = wait(list(futures), return_when=FIRST_COMPLETED)
+        for future in finished:
+            run = futures.pop(future)
+            try:
+                future.result()
+            except BrokenProcessPool as exc:  # a worker died (killed, out of memory): no retry in this pool
+                _record_failure(out, spec, run, f"worker process died ({exc})", attempts[run.key], result)
+                bar.update(failed=1)
+                continue
+            except Exception as exc:  # noqa: BLE001 - any error of a run is recorded with its config
+                if attempts[run.key] <= spec.retries:
+                    submit(run)
+                    continue
+                _record_failure(out, spec, run, exc, attempts[run.key], result)
+                bar.update(failed=1)
+                continue
+            result.completed += 1
+            bar.update(done=1)
+        bar.update(running=min(jobs, len(futures)))
 
 
 def _run_dask(spec, out, pending, scheduler, progress, result):

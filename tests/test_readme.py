@@ -18,6 +18,7 @@ def test_readme_python_blocks_run(lbe247, tmp_path, capsys, monkeypatch):
     try:
         namespace = {}
         for block in blocks:
+            block = block.replace('"runs/demo"', f'r"{tmp_path}/runs-demo"')
             exec(compile(block.replace('card.save("ID161-200us.json")', f'card.save(r"{tmp_path}/c.json")'),
                          "README.md", "exec"), namespace)
     finally:

@@ -62,6 +62,16 @@ def test_spec_errors_name_file_and_field(tmp_path, mnist_dir):
             load_spec(spec)
 
 
+def test_shipped_paper_spec_is_the_papers_grid():
+    spec = load_spec("paper")
+    runs = plan(spec)
+    assert len(runs) == 15 and {r.config["epochs"] for r in runs} == {25}
+    assert {r.axes["algorithm"] for r in runs} == {"sgd", "mp", "sp-shift"}
+    assert sorted({r.axes["card"].split("-")[1] for r in runs}) == ["200ns", "200us", "20ns", "20us", "2us"]
+    with pytest.raises(InputError, match=r"nope: no such spec file, and no shipped spec of that name \(shipped: paper"):
+        load_spec("nope")
+
+
 def test_plan_expands_globs_and_keys_by_full_config(tmp_path, mnist_dir):
     spec = SweepSpec(axes={"card": ["ID170ZR5000-2*"], "lr": [0.5, 0.50]}, fixed={"data_dir": str(mnist_dir)})
     runs = plan(spec)
