@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .algorithms import make_algorithm
 from .devices import load_card
 from .energy import cost, load_energy_model, unit_energies
-from .errors import EdgelearnError, InputError
+from .errors import EdgelearnError, read_toml, validation_error
 from .network import Network
 from .stream import FrontEndConfig, Recording, load_basic_motions, load_csv, load_hapt, read_serial, windows
 from .traces import write_atomically
@@ -67,22 +67,13 @@ def load_run_config(path: str | Path | None, overrides: dict | None = None) -> R
     """Defaults, then the TOML file, then command-line overrides; one-line errors naming the file and field."""
     data: dict = {}
     if path is not None:
-        import tomllib
-
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise InputError(path, "file not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(path, f"not valid TOML ({exc})") from None
+        data = read_toml(path)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "config"
-        raise InputError(path or "command line", err["msg"], field=where) from None
+        raise validation_error(path or "command line", exc) from None
 
 
 @dataclass

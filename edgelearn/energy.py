@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .devices import DeviceCard, load_card
-from .errors import EdgelearnError, InputError
+from .errors import EdgelearnError, validation_error
 
 Q_E = 1.602176634e-19  # C
 K_B = 1.380649e-23  # J/K
@@ -146,9 +146,7 @@ def load_energy_model(name_or_path: str) -> EnergyModel:
     try:
         return EnergyModel.model_validate_json(path.read_text())
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise InputError(path, err["msg"], field=where) from None
+        raise validation_error(path, exc, "model") from None
 
 
 @dataclass

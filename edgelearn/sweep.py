@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import EdgelearnError, InputError
+from .errors import EdgelearnError, InputError, read_toml, validation_error
 from .traces import write_atomically
 
 THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -75,20 +75,12 @@ def spec_path(path_or_name: str | Path) -> Path:
 
 
 def load_spec(path: str | Path) -> SweepSpec:
-    import tomllib
-
     path = spec_path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(path, f"not valid TOML ({exc})") from None
+    data = read_toml(path)
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise InputError(path, err["msg"], field=".".join(str(p) for p in err["loc"]) or "spec") from None
+        raise validation_error(path, exc, "spec") from None
     plan(spec, source=path)  # every run's config is validated here, before anything runs
     return spec
 
@@ -150,9 +142,7 @@ def plan(spec: SweepSpec, source: str | Path = "spec") -> list[PlannedRun]:
         try:
             config = cls.model_validate({**spec.fixed, **chosen}).model_dump(mode="json")
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "config"
-            raise InputError(source, f"{err['msg']} (run {chosen})", field=where) from None
+            raise validation_error(source, exc, suffix=f" (run {chosen})") from None
         key = run_key(spec.kind, config)
         if key not in seen:  # two axis values that mean the same config are one run
             seen.add(key)
