@@ -37,6 +37,9 @@ class SweepSpec(BaseModel):
     axes: dict[str, list[Any]] = Field(description="config field -> values; card values may be glob patterns over "
                                                    "the bundled cards (e.g. 'ID170ZR5000-*')")
     fixed: dict[str, Any] = Field(default_factory=dict, description="config fields shared by every run")
+    when: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict, description="settings tied to an axis value, e.g. [when.algorithm.sgd] lr = 0.1: runs "
+        "whose algorithm is sgd get lr 0.1 (over the fixed options; an axis of the same field wins)")
     metric: str = Field("test_accuracy", description="summary field the report ranks runs by")
     goal: Literal["max", "min"] = "max"
     target_accuracy: float = Field(0.95, gt=0, le=1, description="validation accuracy for epochs- and "
@@ -129,6 +132,15 @@ def plan(spec: SweepSpec, source: str | Path = "spec") -> list[PlannedRun]:
     both = set(spec.axes) & set(spec.fixed)
     if both:
         raise InputError(source, "given both as an axis and as fixed", field=sorted(both)[0])
+    for axis, cases in spec.when.items():
+        if axis not in spec.axes:
+            raise InputError(source, "[when.X] needs X to be an axis", field=f"when.{axis}")
+        for value, settings in cases.items():
+            if value not in {str(v) for v in spec.axes[axis]}:
+                raise InputError(source, f"'{value}' is not a value of axis {axis}", field=f"when.{axis}")
+            for name in settings:
+                if name not in fields:
+                    raise InputError(source, f"not a {spec.kind} config field", field=f"when.{axis}.{value}.{name}")
     axes = {name: list(values) for name, values in spec.axes.items()}
     for name, values in axes.items():
         if not values:
@@ -139,8 +151,11 @@ def plan(spec: SweepSpec, source: str | Path = "spec") -> list[PlannedRun]:
     names = list(axes)
     for combo in itertools.product(*(axes[n] for n in names)):
         chosen = dict(zip(names, combo))
+        tied = {}
+        for axis, cases in spec.when.items():
+            tied.update(cases.get(str(chosen[axis]), {}))
         try:
-            config = cls.model_validate({**spec.fixed, **chosen}).model_dump(mode="json")
+            config = cls.model_validate({**spec.fixed, **tied, **chosen}).model_dump(mode="json")
         except ValidationError as exc:
             raise validation_error(source, exc, suffix=f" (run {chosen})") from None
         key = run_key(spec.kind, config)

@@ -55,6 +55,11 @@ def test_spec_errors_name_file_and_field(tmp_path, mnist_dir):
          r"s\.toml: field 'lr': Input should be greater than 0 \(run \{'lr': -1.0\}\)"),
         ('kind = "batch"\n[axes]\nlr = [0.1]\n', r"s\.toml: field 'kind': Input should be 'train' or 'stream'"),
         ('[axes\n', r"s\.toml: not valid TOML"),
+        ('[axes]\nlr = [0.1]\n[when.algorithm.sgd]\nlr = 0.2\n', r"field 'when.algorithm': \[when.X\] needs X"),
+        ('[axes]\nalgorithm = ["mp"]\n[when.algorithm.sgd]\nlr = 0.2\n',
+         r"field 'when.algorithm': 'sgd' is not a value of axis algorithm"),
+        ('[axes]\nalgorithm = ["mp"]\n[when.algorithm.mp]\nrate = 0.2\n',
+         r"field 'when.algorithm.mp.rate': not a train config field"),
     ]
     for text, message in cases:
         spec.write_text(text)
@@ -68,6 +73,7 @@ def test_shipped_paper_spec_is_the_papers_grid():
     assert len(runs) == 15 and {r.config["epochs"] for r in runs} == {25}
     assert {r.axes["algorithm"] for r in runs} == {"sgd", "mp", "sp-shift"}
     assert sorted({r.axes["card"].split("-")[1] for r in runs}) == ["200ns", "200us", "20ns", "20us", "2us"]
+    assert {(r.axes["algorithm"], r.config["lr"]) for r in runs} == {("mp", 0.5), ("sgd", 0.1), ("sp-shift", 0.1)}
     with pytest.raises(InputError, match=r"nope: no such spec file, and no shipped spec of that name \(shipped: paper"):
         load_spec("nope")
 

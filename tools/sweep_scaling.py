@@ -1,7 +1,7 @@
 """Scaling of a sweep with the number of Dask workers: the same small grid on a LocalCluster with 1 and with 2
 workers (one thread each), wall time and speed-up, and a check that both give the same numbers per run.
 
-    python tools/sweep_scaling.py [--data-dir ../shared/datasets/mnist] [--epochs 2] [--samples 6000]
+    python tools/sweep_scaling.py [--data-dir ../shared/datasets/mnist] [--epochs 3] [--samples 24000]
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "datasets" / "mnist"))
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--samples", type=int, default=6000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=24000)
     args = parser.parse_args()
     spec = SweepSpec(name="scaling", axes={"card": ["ID170ZR5000-20ns", "ID170ZR5000-2us"], "algorithm": ["mp", "sgd"]},
                      fixed=dict(epochs=args.epochs, network="784-64-10", max_train_samples=args.samples,
