@@ -1,7 +1,7 @@
 """The Board API and its in-process backend: crossbar tiles of fitted devices driven by the numba controller.
 
 Training, characterisation and streaming code talk to a `Board` and never to kernels. `InProcessBoard` runs the
-firmware model in this process; a serial backend (hardware-in-the-loop) implements the same methods later.
+firmware model in this process; `edgelearn.hil.SerialBoard` implements the same methods over a serial link.
 A `Tile` is usable on its own from a notebook: build it from a card, then forward / backward / update / calibrate,
 and read its exact counters.
 """

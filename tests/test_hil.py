@@ -360,3 +360,21 @@ def test_cli_board_emulator_and_hil_commands(tmp_path, card):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_train_a_layer_on_the_board(card):
+    pytest.importorskip("sktime", reason="BasicMotions ships inside sktime (a core dependency)")
+    from edgelearn.hil import train_on_board
+
+    c170 = load_card("ID170ZR5000-20ns")
+    with BoardEmulator(BoardFirmware([c170], 8, 32, seed=1)) as emu:
+        with SerialBoard(emu.url, timeout=0.5) as board:
+            result = train_on_board(board, c170, epochs=2, lr=0.5, batch=8, seed=0)
+            host = board.counters()
+    assert result.sizes == [30, 4] and len(result.train_accuracy) == 2
+    assert result.test_accuracy_board > 0.5 and result.test_accuracy_emulator > 0.5  # four activities: chance 0.25
+    c = result.board_counters
+    # the board counted exactly the pulses the host sent (write-verify programming included)
+    assert c["pulses_up"] == host.pulses_per_device_up.sum() and c["pulses_down"] == host.pulses_per_device_down.sum()
+    assert c["mvm_forward"] > 0 and result.round_trips > 1000
+    assert result.program_misses <= 2  # write-verify stops a device that overshot (a large c2c step) where it is
