@@ -125,6 +125,20 @@ def _vector(values, length: int, name: str) -> np.ndarray:
     return v
 
 
+def epsilon_codes(granularity: float, chi_frac_bits: int, epsilon: float | None = None,
+                  epsilon_down: float | None = None) -> tuple[int, int]:
+    """The mixed-precision thresholds (up, down) as chi codes: epsilon (default the card's granularity) times
+    2^chi_frac_bits; epsilon_down defaults to epsilon. One-line error when they do not fit the int32 accumulator."""
+    unit = 2.0 ** chi_frac_bits
+    eps_up = epsilon if epsilon is not None else granularity
+    eps_down = epsilon_down if epsilon_down is not None else eps_up
+    eps_up_q, eps_down_q = int(round(eps_up * unit)), int(round(eps_down * unit))
+    if not (0 < eps_up_q < 2**31 and 0 < eps_down_q < 2**31):
+        raise EdgelearnError(f"epsilon {eps_up}/{eps_down} does not fit the Q{31 - chi_frac_bits}.{chi_frac_bits} "
+                             "accumulator")
+    return eps_up_q, eps_down_q
+
+
 class Tile:
     """A rows x cols crossbar of one device type (a card), with optional reference devices, driven by the controller.
 
@@ -142,8 +156,7 @@ class Tile:
             card = load_card(card)
         model = card.model if isinstance(card, DeviceCard) else card
         if variation is None:
-            variation = card.variation if isinstance(card, DeviceCard) else DeviceVariation(
-                dw_min_dtod=0.0, up_down_dtod=0.0, w_min_dtod=0.0, w_max_dtod=0.0, source="none")
+            variation = card.variation if isinstance(card, DeviceCard) else DeviceVariation.none()
         self.card_id = card.card_id if isinstance(card, DeviceCard) else "model"
         self.model, self.variation = model, variation
         self.rows, self.cols, self.seed = rows, cols, seed
@@ -295,15 +308,7 @@ class Tile:
         return int(n)
 
     def _epsilon_codes(self, epsilon, epsilon_down) -> tuple[int, int]:
-        pc = self.pulse_config
-        unit = 2.0 ** pc.chi_frac_bits
-        eps_up = epsilon if epsilon is not None else self.granularity
-        eps_down = epsilon_down if epsilon_down is not None else eps_up
-        eps_up_q, eps_down_q = int(round(eps_up * unit)), int(round(eps_down * unit))
-        if not (0 < eps_up_q < 2**31 and 0 < eps_down_q < 2**31):
-            raise EdgelearnError(f"epsilon {eps_up}/{eps_down} does not fit the Q{31 - pc.chi_frac_bits}."
-                                 f"{pc.chi_frac_bits} accumulator")
-        return eps_up_q, eps_down_q
+        return epsilon_codes(self.granularity, self.pulse_config.chi_frac_bits, epsilon, epsilon_down)
 
     # -- checkpoints -----------------------------------------------------------------------------------------------
     _STATE_FIELDS = ("state", "ref_state", "params", "ref_params", "chi", "rng", "counters", "device_pulses",
@@ -328,8 +333,7 @@ class Tile:
     @property
     def granularity(self) -> float:
         """Mean of the up and down step at w = 0 of the nominal device (the card's epsilon)."""
-        m = self.model
-        return 0.5 * (float(m.step_up(0.0)) + float(m.step_down(0.0)))
+        return self.model.granularity
 
     # -- calibration -----------------------------------------------------------------------------------------------
     def calibrate_symmetry(self, window: int = 20, max_pairs: int = 5000, tolerance: float | None = None,

@@ -84,6 +84,11 @@ class PiecewiseStepModel(BaseModel):
         """Absolute down step at state(s) w (no noise)."""
         return self.scale_down * np.interp(w, self.nodes, self.piecewise_down)
 
+    @property
+    def granularity(self) -> float:
+        """epsilon: the mean of the up and down step at w = 0."""
+        return 0.5 * (float(self.step_up(0.0)) + float(self.step_down(0.0)))
+
     @classmethod
     def from_absolute(cls, w_min, w_max, up_steps, down_steps, dw_min_std=0.0) -> PiecewiseStepModel:
         """Build the model from absolute step tables (normalised-w units per pulse) on equally spaced nodes."""
@@ -124,6 +129,11 @@ class DeviceVariation(BaseModel):
     w_max_dtod: float = Field(0.1, ge=0.0, description="relative sigma of the upper bound across devices")
     source: str = Field("default: <10 % d2d (device papers), up_down_dtod 0.01 (thesis final runs)",
                         description="where these numbers come from")
+
+    @classmethod
+    def none(cls) -> "DeviceVariation":
+        """No device-to-device variation: every device is the card's nominal device."""
+        return cls(dw_min_dtod=0.0, up_down_dtod=0.0, w_min_dtod=0.0, w_max_dtod=0.0, source="none")
 
 
 class DeviceFigures(BaseModel):
@@ -475,7 +485,7 @@ def fit_device(trace: Trace, nodes: int = DEFAULT_NODES, smoothing: float = DEFA
         area_m2=area, area_rule=area_rule, g_ref_s=g_ref, g_min_s=g_min, g_max_s=g_max, model=model,
         variation=variation or DeviceVariation(),
         figures=DeviceFigures(
-            granularity=0.5 * (float(model.step_up(0.0)) + float(model.step_down(0.0))),
+            granularity=model.granularity,
             symmetry_point=sym, symmetry_point_simulated=sym_sim, symmetry_pairs=pairs,
             symmetry_point_measured=bool(max(range_up[0], range_down[0]) <= sym <= min(range_up[1], range_down[1])),
             measured_range_up=range_up, measured_range_down=range_down,

@@ -41,10 +41,6 @@ class CommandError(Exception):
         self.status = status
 
 
-def _no_variation() -> DeviceVariation:
-    return DeviceVariation(dw_min_dtod=0.0, up_down_dtod=0.0, w_min_dtod=0.0, w_max_dtod=0.0, source="none")
-
-
 class BoardFirmware:
     """The command interpreter of the emulated board.
 
@@ -69,7 +65,7 @@ class BoardFirmware:
             width_ns = int(round(card.pulse_width_s * 1e9))
             if width_ns in self.tiles:
                 raise ValueError(f"two cards for the pulse width {width_ns} ns")
-            tile = Tile(card, rows, cols, seed=seed, variation=_no_variation() if ideal else None,
+            tile = Tile(card, rows, cols, seed=seed, variation=DeviceVariation.none() if ideal else None,
                         c2c_std=0.0 if ideal else None, periphery=self.periphery)
             if first is None:
                 first = tile
@@ -90,7 +86,6 @@ class BoardFirmware:
         self.last: tuple[int, bytes, bytes] | None = None  # (seq, request payload, response payload)
         self.executed = 0
         self.duplicates = 0
-        self.lock = threading.Lock()
 
     # -- the interpreter -------------------------------------------------------------------------------------------
     def handle(self, payload: bytes) -> bytes | None:
@@ -103,25 +98,24 @@ class BoardFirmware:
             return None
         if msg.is_response:
             return None
-        with self.lock:
-            if self.last is not None and self.last[0] == msg.seq and self.last[1] == payload:
-                self.duplicates += 1
-                return self.last[2]
-            if msg.version != p.PROTOCOL_VERSION:
-                status, body = p.E_VERSION, p.text(f"board speaks protocol {p.PROTOCOL_VERSION}, got {msg.version}")
-            else:
-                try:
-                    status, body = p.OK, self._execute(msg.command, msg.body)
-                    self.executed += 1
-                except CommandError as exc:
-                    status, body = exc.status, p.text(str(exc))
-                except p.ProtocolError as exc:
-                    status, body = p.E_BAD_LENGTH, p.text(str(exc))
-                except Exception as exc:  # noqa: BLE001 - firmware must answer, never die: report and go on
-                    status, body = p.E_INTERNAL, p.text(f"{type(exc).__name__}: {exc}")
-            response = p.Message(p.PROTOCOL_VERSION, msg.seq, (msg.command | p.RESPONSE) & 0xFF, status, body).pack()
-            self.last = (msg.seq, bytes(payload), response)
-            return response
+        if self.last is not None and self.last[0] == msg.seq and self.last[1] == payload:
+            self.duplicates += 1
+            return self.last[2]
+        if msg.version != p.PROTOCOL_VERSION:
+            status, body = p.E_VERSION, p.text(f"board speaks protocol {p.PROTOCOL_VERSION}, got {msg.version}")
+        else:
+            try:
+                status, body = p.OK, self._execute(msg.command, msg.body)
+                self.executed += 1
+            except CommandError as exc:
+                status, body = exc.status, p.text(str(exc))
+            except p.ProtocolError as exc:
+                status, body = p.E_BAD_LENGTH, p.text(str(exc))
+            except Exception as exc:  # noqa: BLE001 - firmware must answer, never die: report and go on
+                status, body = p.E_INTERNAL, p.text(f"{type(exc).__name__}: {exc}")
+        response = p.Message(p.PROTOCOL_VERSION, msg.seq, (msg.command | p.RESPONSE) & 0xFF, status, body).pack()
+        self.last = (msg.seq, bytes(payload), response)
+        return response
 
     def _execute(self, command: int, body: bytes) -> bytes:
         handler = {p.IDENTIFY: self._identify, p.CONFIGURE_PULSE: self._configure, p.APPLY_PULSES: self._apply,

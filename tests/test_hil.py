@@ -312,8 +312,7 @@ def test_serial_board_matches_the_in_process_tile(card):
     """Over the link, forward / backward and mixed-precision updates give exactly what the in-process Tile gives on
     the same (noise-free) devices: the host plays the controller's digital part with the same arithmetic."""
     fw = BoardFirmware([card], 6, 9, seed=0, ideal=True)
-    none = DeviceVariation(dw_min_dtod=0.0, up_down_dtod=0.0, w_min_dtod=0.0, w_max_dtod=0.0, source="none")
-    tile = Tile(card, 3, 7, variation=none, c2c_std=0.0, periphery=fw.periphery.model_copy(
+    tile = Tile(card, 3, 7, variation=DeviceVariation.none(), c2c_std=0.0, periphery=fw.periphery.model_copy(
         update={"noise_management": "abs_max"}))
     rng = np.random.default_rng(0)
     with BoardEmulator(fw) as emu:

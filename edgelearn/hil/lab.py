@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from firmware_model import controller as ctl
+
 from ..board import Tile
 from ..devices import DeviceCard, DeviceVariation, load_card
 from ..errors import EdgelearnError
@@ -90,15 +92,12 @@ def compare(board: SerialBoard, card: DeviceCard | str, pulses: int = 100, cycle
     width_ns = int(round(card.pulse_width_s * 1e9))
     _pulse_setup(board, width_ns, amplitude_v)
     saturate = int(2 * card.figures.n_states) + 10 if saturate is None else saturate
-    none = DeviceVariation(dw_min_dtod=0.0, up_down_dtod=0.0, w_min_dtod=0.0, w_max_dtod=0.0, source="none")
-    twin = Tile(card, 1, 1, seed=0, variation=none, c2c_std=0.0)
+    twin = Tile(card, 1, 1, seed=0, variation=DeviceVariation.none(), c2c_std=0.0)
     g_range = card.g_max_s - card.g_min_s
     codes, offset, scale = board.read_codes(p.SEL_DEVICE, row, col)
     twin.state[0, 0] = card.weight_from_conductance(offset + int(codes[0]) * scale)
 
     def twin_pulse(count: int) -> None:
-        from firmware_model import controller as ctl
-
         ctl.apply_counts(twin.state, twin.params, twin.table_up, twin.table_down, 0.0,
                          np.array([[count]], np.int32), twin.rng, twin.normal_table, twin.device_pulses,
                          twin.counters)

@@ -17,10 +17,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..board import CounterReport, PeripheryConfig, PulseConfig
+from ..board import CounterReport, PeripheryConfig, PulseConfig, epsilon_codes
 from ..devices import DeviceCard, load_card
 from ..errors import EdgelearnError
 from . import protocol as p
+
+
+def _round_half_away(values: np.ndarray) -> np.ndarray:
+    """Round to the nearest integer, halves away from zero (the controller's rounding), as floats."""
+    return np.where(values >= 0, np.floor(values + 0.5), -np.floor(-values + 0.5))
 
 
 class HilError(EdgelearnError):
@@ -364,7 +369,7 @@ class SerialBoard:
         dac_max = (1 << (self.info.dac_bits - 1)) - 1
         nm = vmax / t.periphery.inp_bound  # abs-max noise management, on the host
         q = vec * (dac_max / (nm * t.periphery.inp_bound))
-        codes = np.clip(np.where(q >= 0, np.floor(q + 0.5), -np.floor(-q + 0.5)), -dac_max, dac_max)
+        codes = np.clip(_round_half_away(q), -dac_max, dac_max)
         body = self._region(t) + codes.astype("<i2").tobytes()
         r = p.Reader(self.link.request(p.BACKWARD if transpose else p.FORWARD, body), "mvm")
         scale, n = r.take("dH")
@@ -413,13 +418,9 @@ class SerialBoard:
         mp_update_dense: chi += round(-lr 2^F sum d x^T), saturating int32; n = trunc(chi / eps); chi -= n eps)."""
         t = self.tile(tile)
         frac = t.pulse_config.chi_frac_bits
-        m = t.card.model
-        eps_up = epsilon if epsilon is not None else 0.5 * (float(m.step_up(0.0)) + float(m.step_down(0.0)))
-        eps_down = epsilon_down if epsilon_down is not None else eps_up
-        eu, ed = int(round(eps_up * 2**frac)), int(round(eps_down * 2**frac))
+        eu, ed = epsilon_codes(t.card.model.granularity, frac, epsilon, epsilon_down)
         grad = np.asarray(ds, float).T @ np.asarray(xs, float)
-        v = -float(lr) * 2.0**frac * grad
-        v = np.clip(np.where(v >= 0, np.floor(v + 0.5), -np.floor(-v + 0.5)), -2.0**31, 2.0**31 - 1)
+        v = np.clip(_round_half_away(-float(lr) * 2.0**frac * grad), -2.0**31, 2.0**31 - 1)
         c = np.clip(t.chi + v.astype(np.int64), -(2**31), 2**31 - 1)
         eps = np.where(c > 0, eu, ed)
         n = np.where((c >= eu) | (c <= -ed), np.trunc(c / eps).astype(np.int64), 0)
@@ -436,8 +437,7 @@ class SerialBoard:
         total = 0
         for x, d in zip(np.atleast_2d(xs), np.atleast_2d(ds)):
             dw = -float(lr) * np.outer(d, x) / dw_min
-            n = np.clip(np.where(dw >= 0, np.floor(dw + 0.5), -np.floor(-dw + 0.5)), -t.pulse_config.bl_max,
-                        t.pulse_config.bl_max).astype(np.int64)
+            n = np.clip(_round_half_away(dw), -t.pulse_config.bl_max, t.pulse_config.bl_max).astype(np.int64)
             total += self.send_counts(tile, n)
         return total
 
@@ -496,8 +496,7 @@ class SerialBoard:
         w = np.asarray(w, float)
         if w.shape != (t.rows, t.cols):
             raise EdgelearnError(f"weights must have shape {(t.rows, t.cols)}, got {w.shape}")
-        m = t.card.model
-        tolerance = 0.5 * 0.5 * (float(m.step_up(0.0)) + float(m.step_down(0.0))) if tolerance is None else tolerance
+        tolerance = 0.5 * t.card.model.granularity if tolerance is None else tolerance
         last_error = None
         for _ in range(max_rounds):
             error = w - self.read_weights(tile)
