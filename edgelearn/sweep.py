@@ -13,6 +13,8 @@ import hashlib
 import itertools
 import json
 import os
+import re
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -22,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import EdgelearnError, InputError, read_toml, validation_error
+from .runlock import RunBusy, run_lock
 from .traces import write_atomically
 
 THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -167,34 +170,90 @@ def plan(spec: SweepSpec, source: str | Path = "spec") -> list[PlannedRun]:
 
 # ---------------------------------------------------------------------------------------------------- one run
 
+class RunFailed(EdgelearnError):
+    """A run raised in a worker: the error's type and message and the worker's traceback, as plain strings, so it
+    always reaches the parent (whatever the original exception held) and error.json keeps the traceback."""
+
+    def __init__(self, error: str, traceback_text: str):
+        self.error = error
+        self.traceback_text = traceback_text
+        super().__init__(error)
+
+
 def execute(kind: str, config: dict, run_dir: str) -> dict:
-    """Run one config into run_dir (what a worker executes): a training run resumes from its checkpoint if one is
-    there; the summary is written last, atomically, so its presence means the run is complete."""
+    """Run one config into run_dir (what a worker executes), holding the run's lock (runlock: another process
+    executing the same run makes this raise RunBusy). A training run resumes from its checkpoint if one is there;
+    a checkpoint that cannot be resumed from (damaged, see train.CheckpointError) is moved aside to
+    checkpoint.npz.damaged, noted in the run's events.log, and the run starts again from epoch 1 instead of failing on
+    every rerun. The summary is written last, atomically, so its presence means the run is complete."""
     t0 = time.perf_counter()
     out = Path(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if kind == "train":
-        from .train import TrainConfig, train
+    restarted = None
+    with run_lock(out):
+        if is_complete(out):  # finished by another process since the sweep was planned
+            return {"wall_s": 0.0, "pid": os.getpid(), "restarted": None, "skipped": "complete"}
+        if kind == "train":
+            from .train import CHECKPOINT, CheckpointError, TrainConfig, train
 
-        cfg = TrainConfig.model_validate(config)
-        resume = (out / "checkpoint.npz").exists()
-        try:
-            train(cfg, out=out, resume=resume, progress=False)
-        except EdgelearnError as exc:
-            if not resume or "checkpoint" not in str(exc):
-                raise
-            (out / "checkpoint.npz").unlink()  # an unreadable or foreign checkpoint: start this run again
-            train(cfg, out=out, resume=False, progress=False)
-    else:
-        from .continual import RunConfig, run_stream
+            cfg = TrainConfig.model_validate(config)
+            checkpoint = out / CHECKPOINT
+            resume = checkpoint.is_file()
+            try:
+                train(cfg, out=out, resume=resume, overwrite=not resume, progress=False)
+            except CheckpointError as exc:  # raised only while reading the checkpoint, before any training
+                damaged = out / (CHECKPOINT + ".damaged")
+                os.replace(checkpoint, damaged)
+                restarted = f"{exc}; moved it to {damaged.name} and restarted the run from epoch 1"
+                _log_event(out, restarted)
+                train(cfg, out=out, overwrite=True, progress=False)
+        else:
+            from .continual import RunConfig, run_stream
 
-        result = run_stream(RunConfig.model_validate(config), progress=False)
-        write_atomically(out / "summary.json", result.to_json() + "\n")
-    return {"wall_s": time.perf_counter() - t0, "pid": os.getpid()}
+            result = run_stream(RunConfig.model_validate(config), progress=False)
+            write_atomically(out / "summary.json", result.to_json() + "\n")
+    return {"wall_s": time.perf_counter() - t0, "pid": os.getpid(), "restarted": restarted, "skipped": None}
+
+
+def _log_event(run_dir: Path, text: str) -> None:
+    """One timestamped line in the run's events.log (what the sweep did to the run besides running it)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with contextlib.suppress(OSError), open(run_dir / "events.log", "a") as f:
+        f.write(f"{stamp} pid {os.getpid()}: {text}\n")
+
+
+def _worker_execute(kind: str, config: dict, run_dir: str) -> dict:
+    """execute() as submitted to a worker: any error comes back as RunFailed (message + traceback text), RunBusy as
+    itself; both are plain picklable errors, so one bad run can never break the pool."""
+    try:
+        return execute(kind, config, run_dir)
+    except RunBusy:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every error of a run is recorded, with its traceback
+        raise RunFailed(f"{type(exc).__name__}: {exc}", traceback.format_exc()) from None
+
+
+PARENT_GONE_EXIT = 75  # exit status of a local worker whose sweep process died (EX_TEMPFAIL)
+
+
+def _init_worker(parent_pid: int) -> None:
+    """Local pool initializer: one thread per worker, and a watchdog that ends the worker when the sweep process that
+    started it is gone (kill -9 included: the worker is re-parented, os.getppid() changes). Without it an orphaned
+    worker trains on (and keeps the resource tracker alive) while a rerun starts the same run again."""
+    _pin_threads()
+    if os.getppid() != parent_pid:
+        os._exit(PARENT_GONE_EXIT)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="edgelearn-parent-watchdog", daemon=True).start()
+
+
+def _watch_parent(parent_pid: int, interval_s: float = 0.2) -> None:
+    while True:
+        time.sleep(interval_s)
+        if os.getppid() != parent_pid:
+            os._exit(PARENT_GONE_EXIT)  # at once: the run's lock is released by the kernel, its checkpoint stays
 
 
 def _pin_threads() -> None:
-    """Pool initializer: one numba / BLAS thread per worker (the environment was set before the spawn too)."""
+    """One numba / BLAS thread per worker (the environment was set before the spawn too)."""
     for name in THREAD_ENV:
         os.environ[name] = "1"
     try:
@@ -228,6 +287,8 @@ class SweepResult:
     already_complete: int
     completed: int
     failed: list = field(default_factory=list)  # [{key, axes, error, attempts}]
+    busy: list = field(default_factory=list)  # [{key, axes, error}]: executed by another live process, skipped
+    restarted: list = field(default_factory=list)  # [{key, axes, reason}]: damaged checkpoint set aside, run redone
     wall_s: float = 0.0
     backend: str = "local"
     workers: int = 1
@@ -240,11 +301,33 @@ def is_complete(run_dir: Path) -> bool:
     return (run_dir / "summary.json").exists()
 
 
+_SCHEDULER = re.compile(r"^(?:(?P<scheme>[a-z]+)://)?(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9._-]+)(?::(?P<port>\d+))?$")
+DASK_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
+
+
+def check_scheduler(address: str) -> str:
+    """A Dask scheduler address `[tcp|tls|ws|wss|ucx://]host:port`, or a one-line EdgelearnError (checked before
+    anything is written or any connection is tried)."""
+    if address.startswith("inproc://"):  # an in-process LocalCluster (processes=False), from the Python API
+        return address
+    match = _SCHEDULER.match(address.strip())
+    scheme = (match.group("scheme") or "tcp") if match else None
+    if match is None or scheme not in DASK_SCHEMES or match.group("port") is None or \
+            not 1 <= int(match.group("port")) <= 65535:
+        raise EdgelearnError(f"--scheduler: expected a Dask scheduler address like tcp://host:8786 "
+                             f"(schemes {', '.join(DASK_SCHEMES)}; port 1-65535), got '{address}'")
+    return address.strip()
+
+
 def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, scheduler: str | None = None,
               progress: bool = True, spec_text: str | None = None) -> SweepResult:
     """Execute every run of the spec not yet complete in `out`; failed runs are retried `spec.retries` times, then
-    recorded in runs/KEY/error.json (with config and traceback) and reported. Re-running the same command resumes."""
+    recorded in runs/KEY/error.json (with config and traceback) and reported; the other runs go on. A run that
+    another live process is executing (its directory is locked) is skipped and reported as busy. Re-running the same
+    command resumes: only failed, busy and pending runs are executed."""
     t0 = time.perf_counter()
+    if scheduler:
+        scheduler = check_scheduler(scheduler)
     out = Path(out)
     runs = plan(spec)
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -279,16 +362,18 @@ class _Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=label, unit="run")
-        self.done = self.failed = self.running = 0
+        self.done = self.failed = self.busy = self.running = 0
 
-    def update(self, done: int = 0, failed: int = 0, running: int | None = None) -> None:
+    def update(self, done: int = 0, failed: int = 0, running: int | None = None, busy: int = 0) -> None:
         self.done += done
         self.failed += failed
+        self.busy += busy
         if running is not None:
             self.running = running
         if self.bar is not None:
-            self.bar.set_postfix(finished=self.done, running=self.running, failed=self.failed, refresh=False)
-            self.bar.update(done + failed)
+            self.bar.set_postfix(finished=self.done, running=self.running, failed=self.failed, busy=self.busy,
+                                 refresh=False)
+            self.bar.update(done + failed + busy)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -297,7 +382,9 @@ class _Progress:
 
 def _record_failure(out: Path, spec: SweepSpec, run: PlannedRun, error: BaseException | str, attempts: int,
                     result: SweepResult) -> None:
-    if isinstance(error, BaseException):
+    if isinstance(error, RunFailed):  # the worker's own traceback
+        text, message = error.traceback_text, error.error
+    elif isinstance(error, BaseException):
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         message = f"{type(error).__name__}: {error}"
     else:
@@ -308,64 +395,96 @@ def _record_failure(out: Path, spec: SweepSpec, run: PlannedRun, error: BaseExce
     result.failed.append({"key": run.key, "axes": run.axes, "error": message, "attempts": attempts})
 
 
+def _finished(run: PlannedRun, value: dict, result: SweepResult, bar: _Progress) -> None:
+    if value.get("restarted"):
+        result.restarted.append({"key": run.key, "axes": run.axes, "reason": value["restarted"]})
+    result.completed += 1
+    bar.update(done=1)
+
+
+def _busy(run: PlannedRun, error: RunBusy, result: SweepResult, bar: _Progress) -> None:
+    result.busy.append({"key": run.key, "axes": run.axes, "error": str(error)})
+    bar.update(busy=1)
+
+
 def _run_local(spec, out, pending, jobs, progress, result):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     result.backend, result.workers = "local", jobs
     bar = _Progress(len(pending), progress, f"sweep {spec.name} ({jobs} workers)")
-    attempts = {r.key: 0 for r in pending}
-    pool = None
+    context = multiprocessing.get_context("spawn")
+    pools = []
+
+    def new_pool():
+        pools.append(ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
+                                         initargs=(os.getpid(),)))
+        return pools[-1]
+
     try:
         with _single_thread_env():
-            pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_pin_threads)
-            _drive_pool(pool, spec, out, pending, jobs, attempts, bar, result)
+            _drive_pool(new_pool, spec, out, pending, jobs, bar, result)
     except KeyboardInterrupt:
-        if pool is not None:
+        for pool in pools:
             pool.shutdown(wait=False, cancel_futures=True)
         bar.close()
         raise EdgelearnError(f"interrupted after {result.completed} of {len(pending)} runs: run the same command again "
                              "to finish the rest (complete runs are kept, training runs resume from their last "
                              "epoch)") from None
-    pool.shutdown(wait=True)
+    for pool in pools:
+        pool.shutdown(wait=True)
     bar.close()
 
 
-def _drive_pool(pool, spec, out, pending, jobs, attempts, bar, result):
+def _drive_pool(new_pool, spec, out, pending, jobs, bar, result):
+    """At most `jobs` runs in flight (so every submitted run is running). A run that raises is retried up to
+    spec.retries times, then recorded; a worker that dies (killed, out of memory, crashed) breaks only its pool: the
+    runs that were in it are charged one attempt, a new pool is started and the sweep goes on."""
     from concurrent.futures import FIRST_COMPLETED, wait
     from concurrent.futures.process import BrokenProcessPool
 
+    queue = list(pending)
+    attempts = {r.key: 0 for r in pending}
     futures = {}
+    pool = new_pool()
 
-    def submit(run):
-        attempts[run.key] += 1
-        (out / "runs" / run.key / "error.json").unlink(missing_ok=True)
-        futures[pool.submit(execute, spec.kind, run.config, str(out / "runs" / run.key))] = run
+    def retry_or_record(run, error):
+        if attempts[run.key] <= spec.retries:
+            queue.insert(0, run)
+            return
+        _record_failure(out, spec, run, error, attempts[run.key], result)
+        bar.update(failed=1)
 
-    for run in pending:
-        submit(run)
-    bar.update(running=min(jobs, len(futures)))
-    while futures:
+    while queue or futures:
+        while queue and len(futures) < jobs:
+            run = queue.pop(0)
+            attempts[run.key] += 1
+            (out / "runs" / run.key / "error.json").unlink(missing_ok=True)
+            futures[pool.submit(_worker_execute, spec.kind, run.config, str(out / "runs" / run.key))] = run
+        bar.update(running=len(futures))
         finished, _ = wait(list(futures), return_when=FIRST_COMPLETED)
-        for future in finished:
-            run = futures.pop(future)
-            try:
-                future.result()
-            except BrokenProcessPool as exc:  # a worker died (killed, out of memory): no retry in this pool
-                _record_failure(out, spec, run, f"worker process died ({exc})", attempts[run.key], result)
-                bar.update(failed=1)
-                continue
-            except Exception as exc:  # noqa: BLE001 - any error of a run is recorded with its config
-                if attempts[run.key] <= spec.retries:
-                    submit(run)
-                    continue
-                _record_failure(out, spec, run, exc, attempts[run.key], result)
-                bar.update(failed=1)
-                continue
-            result.completed += 1
-            bar.update(done=1)
-        bar.update(running=min(jobs, len(futures)))
+        broken = False
+        while finished:
+            for future in finished:
+                run = futures.pop(future)
+                try:
+                    value = future.result()
+                except BrokenProcessPool:
+                    broken = True
+                    retry_or_record(run, "worker process died (killed, out of memory or crashed) while this run was "
+                                         "in flight")
+                except RunBusy as exc:
+                    _busy(run, exc, result, bar)
+                except Exception as exc:  # noqa: BLE001 - any error of a run is recorded with its config
+                    retry_or_record(run, exc)
+                else:
+                    _finished(run, value, result, bar)
+            # a broken pool fails every run still in it at once: collect them all before starting a new pool
+            finished = wait(list(futures))[0] if broken else set()
+        if broken:
+            pool.shutdown(wait=True, cancel_futures=True)
+            pool = new_pool()
+        bar.update(running=len(futures))
 
 
 def _run_dask(spec, out, pending, scheduler, progress, result):
@@ -375,7 +494,7 @@ def _run_dask(spec, out, pending, scheduler, progress, result):
         raise EdgelearnError("--scheduler needs Dask: pip install 'edgelearn[dask]' (dask[distributed])") from None
     try:
         client = Client(scheduler, timeout="20s")
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError) as exc:
         raise EdgelearnError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
     with client:
         workers = len(client.scheduler_info().get("workers", {}))
@@ -384,7 +503,7 @@ def _run_dask(spec, out, pending, scheduler, progress, result):
         bar = _Progress(len(pending), progress, f"sweep {spec.name} (dask, {workers} workers)")
         futures = {}
         for run in pending:
-            future = client.submit(execute, spec.kind, run.config, str((out / "runs" / run.key).resolve()),
+            future = client.submit(_worker_execute, spec.kind, run.config, str((out / "runs" / run.key).resolve()),
                                    key=f"edgelearn-run-{run.key}", pure=False, retries=spec.retries)
             futures[future] = run
         bar.update(running=min(workers, len(futures)))
@@ -393,12 +512,15 @@ def _run_dask(spec, out, pending, scheduler, progress, result):
             run = futures[future]
             remaining -= 1
             if future.status == "finished":
-                result.completed += 1
-                bar.update(done=1, running=min(workers, remaining))
+                _finished(run, future.result(), result, bar)
             else:
                 exc = future.exception()
-                _record_failure(out, spec, run, exc, spec.retries + 1, result)
-                bar.update(failed=1, running=min(workers, remaining))
+                if isinstance(exc, RunBusy):
+                    _busy(run, exc, result, bar)
+                else:
+                    _record_failure(out, spec, run, exc, spec.retries + 1, result)
+                    bar.update(failed=1)
+            bar.update(running=min(workers, remaining))
         bar.close()
 
 

@@ -2,38 +2,63 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
+import os
+import secrets
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ._version import __version__
 from .algorithms import ALGORITHMS, make_algorithm
 from .board import PeripheryConfig, PulseConfig
-from .datasets import SPLIT_SEED, load_mnist
+from .datasets import MNIST_CLASSES, MNIST_FEATURES, SPLIT_SEED, load_mnist
 from .devices import load_card
 from .errors import EdgelearnError
-from .network import Network
+from .network import Network, check_size, parse_sizes
+from .runlock import run_lock
 from .traces import write_atomically
+
+CHECKPOINT = "checkpoint.npz"
+CHECKPOINT_FORMAT = 2  # 2: metadata with a format number and a SHA-256 of arrays and metadata
+RUN_FILES = ("summary.json", "metrics.csv", CHECKPOINT)  # what makes a directory hold a training run
+
+
+class CheckpointError(EdgelearnError):
+    """A checkpoint that cannot be resumed from: damaged (empty, truncated, bit flips, garbage, object arrays, bad
+    metadata, wrong shapes, NaN/inf states) or written for another configuration. Raised only while reading it."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+MAX_EPOCHS = 10_000  # limits (docs/architecture.md, "Limits"): the paper trains 25 epochs
+MAX_LR = 100.0  # weights live in about [-1, 1]; the paper grid uses 0.05-1
 
 
 class TrainConfig(BaseModel):
     """One training run. Every field is recorded in summary.json."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     card: str | None = Field(None, description="device card file or bundled name (not needed for digital)")
     algorithm: str = Field("mp", description="sgd, mp, sp-shift or digital")
-    network: str = Field("paper", description="preset name (paper: 784-256-128-10 sigmoid MLP)")
+    network: str = Field("paper", description="preset name (paper: 784-256-128-10 sigmoid MLP) or sizes "
+                                              "784-...-10 (MNIST: 784 inputs, 10 classes)")
     activation: str = Field("sigmoid", description="hidden activation: sigmoid or relu")
-    epochs: int = Field(25, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(0.5, gt=0)
+    epochs: int = Field(25, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(64, ge=1, le=60_000)
+    lr: float = Field(0.5, gt=0, le=MAX_LR)
     lr_step: int = Field(10, ge=1, description="epochs between learning-rate decays")
     lr_gamma: float = Field(0.5, gt=0, le=1, description="learning-rate factor at each decay")
     seed: int = Field(0, ge=0)
@@ -46,6 +71,25 @@ class TrainConfig(BaseModel):
     deterministic: bool = Field(False, description="sgd / sp-shift: deterministic pulse counts, not trains")
     periphery: PeripheryConfig = PeripheryConfig()
     pulses: PulseConfig = PulseConfig()
+
+    @field_validator("network")
+    @classmethod
+    def _network_fits_mnist(cls, network: str, info: ValidationInfo) -> str:
+        """MNIST's 784 inputs and 10 classes (a smaller first layer would silently see only the first pixels), and
+        the size limit (MAX_NETWORK_WEIGHTS) before anything is allocated."""
+        try:
+            sizes = parse_sizes(network)
+            if len(sizes) < 2 or min(sizes) < 1:
+                raise EdgelearnError(f"network '{network}': expected at least two positive sizes")
+            if sizes[0] != MNIST_FEATURES or sizes[-1] != MNIST_CLASSES:
+                raise EdgelearnError(f"network '{network}' has {sizes[0]} inputs and {sizes[-1]} outputs; MNIST "
+                                     f"needs {MNIST_FEATURES} inputs (28 x 28 pixels) and {MNIST_CLASSES} outputs, "
+                                     f"e.g. {MNIST_FEATURES}-64-{MNIST_CLASSES}")
+            algorithm = info.data.get("algorithm")
+            check_size(sizes, digital=algorithm == "digital", references=algorithm == "sp-shift")
+        except EdgelearnError as exc:
+            raise ValueError(str(exc)) from None
+        return network
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of 1-based epoch: lr * gamma^floor((epoch - 1) / lr_step)."""
@@ -120,25 +164,62 @@ def build(config: TrainConfig):
 
 
 def train(config: TrainConfig, out: str | Path | None = None, resume: bool = False, progress: bool = True,
-          data=None) -> TrainResult:
+          data=None, overwrite: bool = False) -> TrainResult:
     """Train, evaluate and (with `out`) write metrics.csv, summary.json and a checkpoint after every epoch.
-    With resume, continue from out/checkpoint.npz (the config must match, apart from a larger epoch count)."""
-    start_wall = time.perf_counter()
-    data = data if data is not None else load_mnist(config.data_dir, config.max_train_samples)
-    network, algorithm, card = build(config)
+    With resume, continue from out/checkpoint.npz (the config must match, apart from a larger epoch count).
+    Without resume, a directory that already holds a run (summary.json, metrics.csv or a checkpoint) is refused
+    unless `overwrite`, which deletes those files first. While it runs, `out` is locked (runlock): a second process
+    training into the same directory is refused."""
     out = Path(out) if out is not None else None
+    if out is None and resume:
+        raise EdgelearnError("--resume needs --out: the directory holding the checkpoint")
+    if out is not None:
+        if resume and overwrite:
+            raise EdgelearnError("--resume and --overwrite exclude each other: continue the run or replace it")
+        _check_out(out, resume, overwrite)  # before loading anything: the usual mistakes fail at once
+    data = data if data is not None else load_mnist(config.data_dir, config.max_train_samples)
+    if out is None:
+        return _train(config, None, False, progress, data)
+    with run_lock(out):
+        _check_out(out, resume, overwrite)  # again, now that no other process can be writing here
+        _remove_stale_temporaries(out)
+        if overwrite:
+            for name in RUN_FILES:  # the summary first: its presence means "complete"
+                (out / name).unlink(missing_ok=True)
+        return _train(config, out, resume, progress, data)
+
+
+def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise EdgelearnError(f"--out {out}: exists and is not a directory")
+    if resume:
+        if not (out / CHECKPOINT).is_file():
+            raise EdgelearnError(f"--resume: no checkpoint in {out}")
+    elif not overwrite:
+        found = [name for name in RUN_FILES if (out / name).exists()]
+        if found:
+            raise EdgelearnError(f"--out {out}: already holds a training run ({', '.join(found)}); pass --resume to "
+                                 "continue it, --overwrite to replace it, or choose another directory")
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Temporary checkpoints left by a process killed while writing (never read; removed under the run's lock)."""
+    for tmp in [*out.glob(f".{CHECKPOINT}.*.tmp"), out / f"{CHECKPOINT}.tmp.npz"]:  # the latter: before format 2
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _train(config: TrainConfig, out: Path | None, resume: bool, progress: bool, data) -> TrainResult:
+    start_wall = time.perf_counter()
+    network, algorithm, card = build(config)
     epochs: list[EpochMetrics] = []
     calibration: dict = {}
     first_epoch = 1
-    checkpoint = out / "checkpoint.npz" if out is not None else None
+    checkpoint = out / CHECKPOINT if out is not None else None
     if resume:
-        if checkpoint is None or not checkpoint.exists():
-            raise EdgelearnError(f"--resume: no checkpoint in {out}")
         first_epoch, epochs, calibration = _load_checkpoint(checkpoint, config, network)
     else:
         calibration = algorithm.prepare(network)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
     n_train = len(data.train)
     previous = _counter_totals(network)
     for epoch in range(first_epoch, config.epochs + 1):
@@ -210,28 +291,172 @@ def _write_metrics(path: Path, epochs: list[EpochMetrics]) -> None:
     write_atomically(path, buffer.getvalue())
 
 
+def _digest(arrays: dict[str, np.ndarray], meta: dict) -> str:
+    """SHA-256 over every array (name, dtype, shape, bytes, in name order) and the metadata (without the digest)."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.asarray(arrays[name])
+        h.update(json.dumps([name, a.dtype.str, list(a.shape)]).encode() + b"\0")
+        h.update(a.tobytes())
+    h.update(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
 def _save_checkpoint(path: Path, config: TrainConfig, network: Network, epoch: int, epochs, calibration) -> None:
-    meta = dict(fingerprint=config.fingerprint(), epoch=epoch, epochs=[asdict(m) for m in epochs],
-                calibration=calibration, version=__version__)
+    """Write the checkpoint atomically: a uniquely named temporary file in the same directory (which np.savez does not
+    rename, being given a file object), fsync, os.replace, fsync of the directory. Whatever fails, the temporary file
+    is removed and the previous checkpoint stays as it was; an OSError (a full disk) becomes one line."""
     arrays = network.state_dict()
+    meta = dict(format=CHECKPOINT_FORMAT, fingerprint=config.fingerprint(), epoch=epoch,
+                epochs=[asdict(m) for m in epochs], calibration=calibration, version=__version__)
+    meta["sha256"] = _digest(arrays, meta)
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    tmp = None
+    try:
+        name = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any file
+        tmp = name
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        code = errno.errorcode.get(exc.errno, str(exc.errno)) if exc.errno else type(exc).__name__
+        raise EdgelearnError(f"{path}: cannot write the checkpoint: {exc.strerror or exc} ({code}); the previous "
+                             "checkpoint, if any, is unchanged") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    with contextlib.suppress(OSError):  # make the rename itself durable (not possible on every filesystem)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class _CheckpointMeta(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: int
+    fingerprint: str
+    epoch: int = Field(ge=1)
+    epochs: list[EpochMetrics]
+    calibration: dict
+    version: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, shape=None, dtype=None, damaged=None) -> np.ndarray:
+    """One .npy member, its header checked before any data is read (no object arrays, the expected shape and
+    dtype, no more data than the member holds); reading it to its end makes zipfile check its CRC-32."""
+    fmt = np.lib.format
+    info = archive.getinfo(name + ".npy")
+    with archive.open(info) as f:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            got_shape, fortran, got_dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            got_shape, fortran, got_dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise damaged(f"array '{name}' has an unknown .npy version {version}")
+        if got_dtype.hasobject:
+            raise damaged(f"array '{name}' holds Python objects (pickled data), refused")
+        if shape is not None and (tuple(got_shape) != tuple(shape) or got_dtype != dtype):
+            raise damaged(f"array '{name}' is {tuple(got_shape)} {got_dtype}, expected {tuple(shape)} {dtype} "
+                          "for this network")
+        nbytes = int(np.prod(got_shape, dtype=np.int64)) * got_dtype.itemsize
+        if nbytes > info.file_size:
+            raise damaged(f"array '{name}' claims {nbytes} bytes, its member holds {info.file_size}")
+        raw = f.read(nbytes)
+        if len(raw) != nbytes:
+            raise damaged(f"array '{name}' is truncated ({len(raw)} of {nbytes} bytes)")
+        if f.read(1):
+            raise damaged(f"array '{name}' has trailing bytes")
+    return np.frombuffer(raw, got_dtype).reshape(got_shape, order="F" if fortran else "C")
+
+
+def _read_checkpoint(path: Path, config: TrainConfig, expected: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """(metadata, arrays) of a checkpoint, every problem a one-line CheckpointError naming the file and the problem.
+    Never unpickles anything; arrays are checked against the network's own names, shapes and dtypes."""
+
+    def damaged(what: str) -> CheckpointError:
+        return CheckpointError(path, f"damaged checkpoint: {what}")
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot read the checkpoint ({exc.strerror or exc})") from None
+    if size == 0:
+        raise damaged("empty file (0 bytes)")
+    if head != b"PK\x03\x04":
+        raise damaged("not an npz archive (garbage, or another kind of file)")
+    try:
+        try:
+            archive = zipfile.ZipFile(path)
+        except zipfile.BadZipFile:
+            raise damaged("truncated (the end of the zip archive, its directory, is missing)") from None
+        with archive:
+            members = {n[:-4] for n in archive.namelist() if n.endswith(".npy")}
+            if set(archive.namelist()) != {m + ".npy" for m in members}:
+                raise damaged("the archive holds files other than .npy arrays")
+            if "__meta__" not in members:
+                raise damaged("no metadata (__meta__ array): not written by edgelearn train")
+            raw = _read_member(archive, "__meta__", damaged=damaged)
+            try:
+                meta = json.loads(raw.tobytes().decode())
+            except UnicodeDecodeError:
+                raise damaged("the metadata is not UTF-8 text") from None
+            except json.JSONDecodeError as exc:
+                raise damaged(f"the metadata is not valid JSON ({exc.msg} at character {exc.pos})") from None
+            except RecursionError:
+                raise damaged("the metadata is not valid JSON (nested too deeply)") from None
+            if not isinstance(meta, dict):
+                raise damaged("the metadata is not a JSON object")
+            if "format" not in meta:
+                raise CheckpointError(path, "written by an older edgelearn, without a format number and integrity "
+                                      "digest: it cannot be verified; start the run again (--overwrite)")
+            try:
+                parsed = _CheckpointMeta.model_validate(meta)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"]) or "metadata"
+                raise damaged(f"metadata field '{where}': {err['msg']}") from None
+            if parsed.format != CHECKPOINT_FORMAT:
+                raise CheckpointError(path, f"checkpoint format {parsed.format}, this edgelearn reads format "
+                                      f"{CHECKPOINT_FORMAT}")
+            if [m.epoch for m in parsed.epochs] != list(range(1, parsed.epoch + 1)):
+                raise damaged(f"metadata says epoch {parsed.epoch} but holds metrics of epochs "
+                              f"{[m.epoch for m in parsed.epochs]}")
+            if parsed.fingerprint != config.fingerprint():
+                raise CheckpointError(path, "the checkpoint was written with a different configuration "
+                                      "(only --epochs may change on --resume)")
+            missing = sorted(set(expected) - members)
+            extra = sorted(members - set(expected) - {"__meta__"})
+            if missing or extra:
+                raise damaged(f"array '{(missing or extra)[0]}' is " + ("missing" if missing else "unexpected")
+                              + " for this network")
+            arrays = {name: _read_member(archive, name, expected[name].shape, expected[name].dtype, damaged)
+                      for name in sorted(expected)}
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever zipfile / numpy raise on a damaged archive, as one line
+        text = " ".join(str(exc).split())
+        raise damaged(f"unreadable archive ({type(exc).__name__}: {text})") from None
+    if _digest(arrays, meta) != parsed.sha256:
+        raise damaged("integrity check failed (the SHA-256 of its arrays and metadata differs from the one recorded "
+                      "when it was written)")
+    for name, a in arrays.items():
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            raise CheckpointError(path, f"array '{name}' holds NaN or infinite values: cannot resume from it")
+    return {**meta, "epochs": parsed.epochs}, arrays
 
 
 def _load_checkpoint(path: Path, config: TrainConfig, network: Network):
-    try:
-        with np.load(path) as archive:
-            arrays = {k: archive[k] for k in archive.files}
-    except (OSError, ValueError) as exc:
-        raise EdgelearnError(f"{path}: unreadable checkpoint ({exc})") from None
-    if "__meta__" not in arrays:
-        raise EdgelearnError(f"{path}: not an edgelearn checkpoint")
-    meta = json.loads(arrays.pop("__meta__").tobytes().decode())
-    if meta["fingerprint"] != config.fingerprint():
-        raise EdgelearnError(f"{path}: the checkpoint was written with a different configuration "
-                             "(only --epochs may change on --resume)")
+    meta, arrays = _read_checkpoint(path, config, network.state_dict())
     network.load_state_dict(arrays)
-    epochs = [EpochMetrics(**m) for m in meta["epochs"]]
-    return meta["epoch"] + 1, epochs, meta["calibration"]
+    return meta["epoch"] + 1, list(meta["epochs"]), meta["calibration"]

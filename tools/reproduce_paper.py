@@ -42,7 +42,7 @@ def run_one(card: str | None, algorithm: str, epochs: int, data_dir: str, run_di
     config = TrainConfig(card=card, algorithm=algorithm, epochs=epochs, lr=LEARNING_RATES[algorithm], seed=seed,
                          data_dir=data_dir, max_train_samples=max_train_samples)
     resume = (run_dir / "checkpoint.npz").exists()
-    return train(config, out=run_dir, resume=resume, progress=False).to_dict()
+    return train(config, out=run_dir, resume=resume, overwrite=not resume, progress=False).to_dict()
 
 
 def _histograms(summary: dict, run_dir: Path) -> dict:
