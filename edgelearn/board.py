@@ -26,7 +26,7 @@ _FOLD_LIMIT = 2**31 - 1  # per-device int32 pulse counts are folded into int64 t
 class PeripheryConfig(BaseModel):
     """DAC / ADC and management settings (defaults: aihwkit IOParameters)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     dac_bits: int = Field(7, ge=2, le=16, description="signed input DAC resolution, bits")
     inp_bound: float = Field(1.0, gt=0, description="input range of the DAC (normalised units)")
     adc_bits: int = Field(9, ge=2, le=16, description="signed output ADC resolution, bits")
@@ -46,7 +46,7 @@ class PeripheryConfig(BaseModel):
 class PulseConfig(BaseModel):
     """How the controller turns an update into pulses."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     bl_max: int = Field(31, ge=1, le=31, description="longest stochastic pulse train (BL)")
     update_management: bool = Field(True, description="balance the x and d train probabilities (aihwkit UM)")
     dw_min: float | None = Field(None, gt=0, description="step used for BL and train probabilities; default the "

@@ -12,48 +12,58 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .algorithms import make_algorithm
 from .devices import load_card
 from .energy import cost, load_energy_model, unit_energies
-from .errors import EdgelearnError, read_toml, validation_error
+from .errors import EdgelearnError, InputError, read_toml, validation_error
 from .network import Network
-from .stream import FrontEndConfig, Recording, load_basic_motions, load_csv, load_hapt, read_serial, windows
+from .stream import (MAX_STREAM_SAMPLES, FrontEndConfig, Recording, load_basic_motions, load_csv, load_hapt,
+                     read_serial, windows)
 from .traces import write_atomically
+
+# Limits (docs/architecture.md, "Limits"); the defaults are far inside them
+MAX_PRETRAIN_EPOCHS = 1000  # the shipped runs use 30; 1000 over the HAPT pre-training set is hours
+MAX_LR = 100.0  # learning rates (weights live in about [-1, 1]; the shipped runs use 0.2-0.5)
+MAX_RATE_HZ = 100_000.0
+SOURCE_RATES_HZ = {"basicmotions": 10.0, "hapt": 50.0}  # fixed by the dataset; csv and serial give rate_hz
 
 
 class RunConfig(BaseModel):
     """Every option of `edgelearn run`; also the schema of its TOML config file."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     source: Literal["basicmotions", "hapt", "csv", "serial"] = Field("basicmotions", description="sensor stream "
                                                                                                  "source")
     path: str | None = Field(None, description="hapt: the npz; csv: the stream file; serial: the pyserial URL of a "
                                                "live sensor (/dev/ttyACM0, socket://host:port)")
     pretrain_path: str | None = Field(None, description="csv or serial: a labelled CSV file for pre-training")
-    rate_hz: float | None = Field(None, gt=0, description="csv or serial: sampling rate")
+    rate_hz: float | None = Field(None, gt=0, le=MAX_RATE_HZ, description="csv or serial: sampling rate")
     duration_s: float | None = Field(None, gt=0, description="serial: stop after this much stream time (else at "
-                                                             "'end' or a silent port)")
-    serial_timeout_s: float = Field(5.0, gt=0, description="serial: a port silent this long ends the stream")
+                                                             "'end', a silent port or MAX_STREAM_SAMPLES samples)")
+    serial_timeout_s: float = Field(5.0, gt=0, le=3600, description="serial: a port silent this long ends the "
+                                                                    "stream")
     pretrain_users: list[int] = Field(list(range(1, 21)), description="hapt: users to pre-train on")
     stream_users: list[int] = Field([21], description="hapt: the new wearer(s) streamed")
     card: str = Field("ID170ZR5000-20ns", description="device card file or bundled name")
     algorithm: Literal["mp", "sgd", "sp-shift"] = "mp"
-    hidden: int = Field(32, ge=1, description="hidden units of the one-hidden-layer network")
+    hidden: int = Field(32, ge=1, description="hidden units of the one-hidden-layer network (the "
+                        "network's size is checked against MAX_NETWORK_WEIGHTS when it is built)")
     activation: Literal["sigmoid", "relu"] = "sigmoid"
     pretrain: Literal["on-chip", "digital", "none"] = Field("on-chip", description="how the network starts")
-    pretrain_epochs: int = Field(30, ge=0)
-    pretrain_lr: float = Field(0.5, gt=0)
-    pretrain_batch: int = Field(8, ge=1)
-    lr: float = Field(0.2, gt=0, description="learning rate on the stream (one window per step)")
+    pretrain_epochs: int = Field(30, ge=0, le=MAX_PRETRAIN_EPOCHS)
+    pretrain_lr: float = Field(0.5, gt=0, le=MAX_LR)
+    pretrain_batch: int = Field(8, ge=1, le=100_000)
+    lr: float = Field(0.2, gt=0, le=MAX_LR, description="learning rate on the stream (one window per step)")
     label_rate: float = Field(0.1, ge=0, le=1, description="fraction of stream windows whose label arrives")
-    replay: int = Field(16, ge=0, description="labelled windows the controller keeps (feature vectors in SRAM); each "
-                                              "learning step is a mini-batch of the new window and up to "
-                                              "replay_batch - 1 of these")
-    replay_anchors: int = Field(4, ge=0, description="pre-training windows per class stored in the replay buffer at "
-                                                     "the factory")
-    replay_batch: int = Field(8, ge=1, description="mini-batch size of a learning step (new window + replayed ones)")
+    replay: int = Field(16, ge=0, le=100_000, description="labelled windows the controller keeps (feature vectors in "
+                        "SRAM); each learning step is a mini-batch of the new window and up to replay_batch - 1 of "
+                        "these")
+    replay_anchors: int = Field(4, ge=0, le=100_000, description="pre-training windows per class stored in the replay "
+                                "buffer at the factory")
+    replay_batch: int = Field(8, ge=1, le=100_000, description="mini-batch size of a learning step (new window + "
+                              "replayed ones)")
     holdout_every: int = Field(4, ge=2, description="every n-th block of 10 stream windows is held out to measure "
                                                     "adaptation")
     moved_sensor: bool = Field(True, description="rotate the streamed sensor 90 degrees about z (the watch was put "
@@ -61,6 +71,15 @@ class RunConfig(BaseModel):
     frontend: FrontEndConfig = FrontEndConfig(full_scale={"acc": 40.0, "gyro": 40.0})
     energy_model: str = Field("table", description="energy model name or JSON file")
     seed: int = Field(0, ge=0)
+
+    @field_validator("duration_s")
+    @classmethod
+    def _bounded_capture(cls, duration_s: float | None, info: ValidationInfo) -> float | None:
+        rate_hz = info.data.get("rate_hz")
+        if duration_s is not None and rate_hz is not None and duration_s * rate_hz > MAX_STREAM_SAMPLES:
+            raise ValueError(f"{duration_s:g} s at {rate_hz:g} Hz is {duration_s * rate_hz:,.0f} samples; the limit "
+                             f"of a capture is {MAX_STREAM_SAMPLES:,} (MAX_STREAM_SAMPLES)")
+        return duration_s
 
 
 def load_run_config(path: str | Path | None, overrides: dict | None = None) -> RunConfig:
@@ -71,9 +90,14 @@ def load_run_config(path: str | Path | None, overrides: dict | None = None) -> R
         data = read_toml(path)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
-        return RunConfig.model_validate(data)
+        config = RunConfig.model_validate(data)
     except ValidationError as exc:
         raise validation_error(path or "command line", exc) from None
+    rate = SOURCE_RATES_HZ.get(config.source, config.rate_hz)
+    problem = config.frontend.geometry_problem(rate) if rate is not None else None
+    if problem:
+        raise InputError(path or "command line", problem, field="frontend.window_s")
+    return config
 
 
 @dataclass
@@ -321,7 +345,10 @@ def run_stream(config: RunConfig, progress: bool = True, prepared: dict | None =
 
 def write_outputs(result: RunResult, out: str | Path) -> None:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(out, f"cannot create the output directory ({exc.strerror or exc})") from None
     write_atomically(out / "summary.json", result.to_json() + "\n")
     from .report import _pyplot
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,11 @@ MNIST_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
+MNIST_FEATURES = 28 * 28  # inputs of a network trained on MNIST (pixels / 255)
+MNIST_CLASSES = 10
 SPLIT_SEED = 20250922  # fixed: every run, whatever its own seed, validates on the same 12k training images
 N_VALIDATION = 12_000
+MAX_IDX_BYTES = 64 * 2**20  # an uncompressed IDX file; MNIST's largest is 47,040,016 bytes
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,18 @@ def _open_idx(directory: Path, stem: str) -> tuple[Path, bytes]:
         path = directory / name
         if path.is_file():
             try:
-                data = gzip.decompress(path.read_bytes()) if name.endswith(".gz") else path.read_bytes()
-            except (OSError, EOFError) as exc:
-                raise InputError(path, f"corrupt gzip data ({exc})") from None
+                if name.endswith(".gz"):
+                    with gzip.open(path, "rb") as f:
+                        data = f.read(MAX_IDX_BYTES + 1)
+                else:
+                    with open(path, "rb") as f:
+                        data = f.read(MAX_IDX_BYTES + 1)
+            except (OSError, EOFError, zlib.error) as exc:
+                what = "corrupt gzip data" if name.endswith(".gz") else "cannot read"
+                raise InputError(path, f"{what} ({exc}): damaged, re-download it") from None
+            if len(data) > MAX_IDX_BYTES:
+                raise InputError(path, f"more than {MAX_IDX_BYTES:,} bytes of IDX data (MNIST's largest file has "
+                                 "47,040,016): not an MNIST file")
             return path, data
     raise InputError(directory / (stem + ".gz"), "missing: expected the standard MNIST IDX file (gzipped or not) "
                      "in --data-dir")
@@ -61,7 +74,8 @@ def _read_idx(directory: Path, stem: str, magic: int, item_shape: tuple[int, ...
     dims = len(item_shape) + 1
     header = 4 + 4 * dims
     if len(data) < header:
-        raise InputError(path, f"truncated: {len(data)} bytes, the IDX header alone needs {header}")
+        raise InputError(path, f"truncated: {len(data)} bytes, the IDX header alone needs {header} (damaged, "
+                         "re-download it)")
     found = struct.unpack(">I", data[:4])[0]
     if found != magic:
         raise InputError(path, f"wrong magic number {found}, expected {magic} (not an MNIST "
@@ -71,7 +85,8 @@ def _read_idx(directory: Path, stem: str, magic: int, item_shape: tuple[int, ...
         raise InputError(path, f"items of shape {tuple(shape[1:])}, expected {item_shape}")
     expected = header + int(np.prod(shape))
     if len(data) != expected:
-        raise InputError(path, f"{len(data)} bytes, expected {expected} for {shape[0]} items (truncated or padded)")
+        raise InputError(path, f"{len(data)} bytes, expected {expected} for {shape[0]} items (truncated or padded): "
+                         "damaged, re-download it")
     return path, np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from firmware_model import crossbar
 
 from ._version import __version__
-from .errors import EdgelearnError, InputError
+from .errors import EdgelearnError, EdgelearnWarning, InputError, error_field, error_message, read_text_file
 from .traces import Trace, TraceMeta, write_atomically
 
 CARD_FORMAT = "edgelearn-card/1"
@@ -30,6 +30,18 @@ SETTLE_TOLERANCE = 1e-7  # in units of w: the alternating-pulse search stops whe
 MAX_SETTLE_PAIRS = 200_000
 MAX_SWEEP_PULSES = 100_000
 MAX_FIT_ITERATIONS = 200  # per starting point; the real traces converge in 10-100
+# Limits (docs/architecture.md, "Limits"). A card's numbers flow into the kernels: all must be finite and in range.
+MAX_NODES = 256  # step-table nodes (the bundled cards have 32)
+MAX_WEIGHT_BOUND = 100.0  # |w_min|, |w_max| in normalised units (fitted cards: about 1)
+MAX_RELATIVE_SIGMA = 1.0  # device-to-device relative sigmas (the device papers report < 0.1)
+MAX_C2C_SIGMA = 100.0  # cycle-to-cycle relative sigma (fitted: 0.03-0.33 bundled, up to about 5 on noisy traces)
+MAX_CONDUCTANCE_S = 1.0  # as the trace readers: a device conductance above 1 S is a unit mistake
+MAX_CARD_BYTES = 1 * 2**20  # a card is about 4 KB
+# The replay-error fit costs time and memory in proportion to pulses x 2 nodes (a dense Jacobian and its SVD): a
+# 10^6-pulse trace took 365-514 s and 4.8 GB. Longer traces are fitted on FIT_BLOCKS evenly spaced blocks of consecutive
+# pulses (MAX_FIT_PULSES in all; each block re-anchors on its measured first state); figures use every pulse.
+MAX_FIT_PULSES = 20_000
+FIT_BLOCKS = 40
 
 
 class PiecewiseStepModel(BaseModel):
@@ -41,14 +53,16 @@ class PiecewiseStepModel(BaseModel):
     `dw_min` parameter, the larger step, is dw_min / (1 - |up_down|).
     """
 
-    model_config = ConfigDict(extra="forbid")
-    w_min: float = Field(description="lower weight bound (normalised units)")
-    w_max: float = Field(description="upper weight bound (normalised units)")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    w_min: float = Field(ge=-MAX_WEIGHT_BOUND, lt=0.0, description="lower weight bound (normalised units)")
+    w_max: float = Field(gt=0.0, le=MAX_WEIGHT_BOUND, description="upper weight bound (normalised units)")
     dw_min: float = Field(gt=0.0, description="smaller of the up and down steps at w = 0 (normalised units)")
     up_down: float = Field(gt=-1.0, lt=1.0, description="aihwkit up/down asymmetry: >0 down steps smaller")
-    piecewise_up: list[float] = Field(min_length=2, description="relative up-step table, nodes over [w_min, w_max]")
-    piecewise_down: list[float] = Field(min_length=2, description="relative down-step table, same nodes")
-    dw_min_std: float = Field(0.0, ge=0.0, description="cycle-to-cycle relative std of each step")
+    piecewise_up: list[float] = Field(min_length=2, max_length=MAX_NODES,
+                                      description="relative up-step table, nodes over [w_min, w_max]")
+    piecewise_down: list[float] = Field(min_length=2, max_length=MAX_NODES,
+                                        description="relative down-step table, same nodes")
+    dw_min_std: float = Field(0.0, ge=0.0, le=MAX_C2C_SIGMA, description="cycle-to-cycle relative std of each step")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -58,6 +72,8 @@ class PiecewiseStepModel(BaseModel):
             raise ValueError("piecewise_up and piecewise_down need the same number of nodes")
         if min(self.piecewise_up) < 0.0 or min(self.piecewise_down) < 0.0:
             raise ValueError("step tables must not be negative")
+        if not self.dw_min < self.w_max - self.w_min:
+            raise ValueError(f"dw_min {self.dw_min} is not smaller than the weight range {self.w_max - self.w_min}")
         return self
 
     @property
@@ -122,11 +138,15 @@ class DeviceVariation(BaseModel):
     per device cannot measure these; override them when you have arrays of devices.
     """
 
-    model_config = ConfigDict(extra="forbid")
-    dw_min_dtod: float = Field(0.1, ge=0.0, description="relative sigma of the step scale across devices")
-    up_down_dtod: float = Field(0.01, ge=0.0, description="sigma of the up/down asymmetry across devices")
-    w_min_dtod: float = Field(0.1, ge=0.0, description="relative sigma of the lower bound across devices")
-    w_max_dtod: float = Field(0.1, ge=0.0, description="relative sigma of the upper bound across devices")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    dw_min_dtod: float = Field(0.1, ge=0.0, le=MAX_RELATIVE_SIGMA, description="relative sigma of the step scale "
+                                                                              "across devices")
+    up_down_dtod: float = Field(0.01, ge=0.0, le=MAX_RELATIVE_SIGMA, description="sigma of the up/down asymmetry "
+                                                                                "across devices")
+    w_min_dtod: float = Field(0.1, ge=0.0, le=MAX_RELATIVE_SIGMA, description="relative sigma of the lower bound "
+                                                                             "across devices")
+    w_max_dtod: float = Field(0.1, ge=0.0, le=MAX_RELATIVE_SIGMA, description="relative sigma of the upper bound "
+                                                                             "across devices")
     source: str = Field("default: <10 % d2d (device papers), up_down_dtod 0.01 (thesis final runs)",
                         description="where these numbers come from")
 
@@ -174,17 +194,19 @@ class Provenance(BaseModel):
 class DeviceCard(BaseModel):
     """Everything the emulator needs to know about one device at one pulse width. Saved as JSON."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     format: str = CARD_FORMAT
     card_id: str = Field(description="unique name: device-width-measurement time")
     device_id: str
-    pulse_width_s: float = Field(gt=0.0)
-    read_voltage_v: float = Field(gt=0.0)
-    area_m2: float | None = Field(None, description="device area; from the size label where the naming rule knows it")
+    pulse_width_s: float = Field(gt=0.0, le=1.0)
+    read_voltage_v: float = Field(gt=0.0, le=10.0)
+    area_m2: float | None = Field(None, gt=0.0, description="device area; from the size label where the naming rule "
+                                                            "knows it")
     area_rule: str = ""
-    g_ref_s: float = Field(gt=0.0, description="conductance that maps to w = 0 (mean of the fitted trace)")
-    g_min_s: float = Field(gt=0.0)
-    g_max_s: float = Field(gt=0.0)
+    g_ref_s: float = Field(gt=0.0, le=MAX_CONDUCTANCE_S, description="conductance that maps to w = 0 (mean of the "
+                                                                     "fitted trace)")
+    g_min_s: float = Field(gt=0.0, le=MAX_CONDUCTANCE_S)
+    g_max_s: float = Field(gt=0.0, le=MAX_CONDUCTANCE_S)
     model: PiecewiseStepModel
     variation: DeviceVariation = DeviceVariation()
     figures: DeviceFigures
@@ -195,7 +217,10 @@ class DeviceCard(BaseModel):
         if self.format != CARD_FORMAT:
             raise ValueError(f"expected format '{CARD_FORMAT}', got '{self.format}'")
         if not self.g_min_s < self.g_max_s:
-            raise ValueError("need g_min_s < g_max_s")
+            raise ValueError(f"need g_min_s < g_max_s, got {self.g_min_s} and {self.g_max_s}")
+        if not self.g_min_s <= self.g_ref_s <= self.g_max_s:
+            raise ValueError(f"need g_min_s <= g_ref_s <= g_max_s, got g_ref_s {self.g_ref_s} outside "
+                             f"[{self.g_min_s}, {self.g_max_s}]")
         return self
 
     # -- conversions -------------------------------------------------------------------------------------------
@@ -230,21 +255,20 @@ def load_card(path_or_name: str | Path) -> DeviceCard:
     path = Path(path_or_name)
     if not path.exists():
         path = bundled_card_path(str(path_or_name))
-    try:
-        text = path.read_text()
-    except (IsADirectoryError, PermissionError) as exc:
-        raise InputError(path, f"cannot read card ({exc.strerror})") from None
+    text = read_text_file(path, "card JSON file", MAX_CARD_BYTES)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(path, f"not valid JSON: {exc.msg}", exc.lineno) from None
+    except RecursionError:
+        raise InputError(path, "not a card: JSON nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise InputError(path, f"not a card: a number in it is too long ({str(exc).split(';')[0]})") from None
     try:
         return DeviceCard.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        name = ".".join(str(p) for p in err["loc"]) or "card"
-        msg = "missing" if err["type"] == "missing" else err["msg"].removeprefix("Value error, ")
-        raise InputError(path, msg, field=name) from None
+        raise InputError(path, error_message(err), field=error_field(err["loc"], "card")) from None
 
 
 def bundled_cards() -> dict[str, Path]:
@@ -412,6 +436,18 @@ def _flat_outside(table, grid, visited):
     return table
 
 
+def fit_subset(n: int, max_pulses: int | None = None, blocks: int | None = None) -> np.ndarray | None:
+    """Rows of an n-pulse trace the fit uses: None (all) up to max_pulses (default MAX_FIT_PULSES), else `blocks`
+    (default FIT_BLOCKS) evenly spaced runs of max_pulses // blocks consecutive pulses from the start to the end."""
+    max_pulses = MAX_FIT_PULSES if max_pulses is None else max_pulses
+    blocks = FIT_BLOCKS if blocks is None else blocks
+    if n <= max_pulses:
+        return None
+    length = max(2, max_pulses // blocks)
+    starts = np.linspace(0, n - length, blocks).round().astype(np.int64)
+    return np.unique((starts[:, None] + np.arange(length)[None, :]).ravel())
+
+
 def fit_device(trace: Trace, nodes: int = DEFAULT_NODES, smoothing: float = DEFAULT_SMOOTHING,
                variation: DeviceVariation | None = None) -> DeviceCard:
     """Fit a PiecewiseStep model to a trace so that replaying the trace's pulses reproduces its trajectory.
@@ -419,14 +455,20 @@ def fit_device(trace: Trace, nodes: int = DEFAULT_NODES, smoothing: float = DEFA
     The step tables (positive, parametrised in log space) minimise the replay error over all pulses plus
     `smoothing` times the squared second differences of the log tables (which also decides nodes no pulse visits).
     Cycle-to-cycle noise is the robust spread of measured steps around the fitted step at the same state.
+    A trace longer than MAX_FIT_PULSES is fitted on evenly spaced blocks of it (`fit_subset`, with an
+    EdgelearnWarning); the bounds, noise and figures still use every pulse.
     """
+    import warnings
+
     from scipy.optimize import least_squares
 
-    if nodes < 3:
-        raise EdgelearnError(f"nodes must be at least 3, got {nodes}")
-    if smoothing < 0:
-        raise EdgelearnError(f"smoothing must not be negative, got {smoothing}")
+    if not 3 <= nodes <= MAX_NODES:
+        raise EdgelearnError(f"nodes: expected 3 to {MAX_NODES}, got {nodes}")
+    if not (math.isfinite(smoothing) and smoothing >= 0):
+        raise EdgelearnError(f"smoothing: expected a finite number >= 0, got {smoothing}")
     g = trace.conductance_s
+    if not np.isfinite(g).all():
+        raise InputError(trace.path, f"non-finite conductance at pulse {int(trace.pulse[~np.isfinite(g)][0])}")
     g_ref, g_min, g_max = float(g.mean()), float(g.min()), float(g.max())
     if not g_max > g_min:
         raise InputError(trace.path, "conductance never changes: nothing to fit")
@@ -438,9 +480,21 @@ def fit_device(trace: Trace, nodes: int = DEFAULT_NODES, smoothing: float = DEFA
         if np.count_nonzero(pol == direction) < 2:
             raise InputError(trace.path, f"the {name} branch has fewer than 2 pulses that follow a measured state: "
                              "cannot fit its steps")
+    full_trace, full_w = trace, w
+    subset = fit_subset(len(trace))
+    if subset is not None:  # the optimiser sees evenly spaced blocks; each re-anchors (its pulse numbers jump)
+        warnings.warn(f"{trace.path or trace.meta.source}: {len(trace):,} pulses; the fit uses {len(subset):,} of "
+                      f"them ({FIT_BLOCKS} evenly spaced blocks of consecutive pulses, the limit MAX_FIT_PULSES); "
+                      "bounds, noise and figures use every pulse", EdgelearnWarning, stacklevel=2)
+        trace = replace(trace, pulse=trace.pulse[subset], amplitude_v=trace.amplitude_v[subset],
+                        polarity=trace.polarity[subset], conductance_s=trace.conductance_s[subset])
+        w = w[subset]
+        sub_before, sub_step, sub_pol = _local_steps(w, trace)
+    else:
+        sub_before, sub_step, sub_pol = before, step, pol
     # two starting points, the raw local slopes and the slopes of a running median (robust to single outliers);
     # the replay objective is not convex, so keep whichever ends lower
-    starts = [_initial_tables(before, step, pol, grid, smoothing),
+    starts = [_initial_tables(sub_before, sub_step, sub_pol, grid, smoothing),
               _initial_tables(*_local_steps(_running_median(w, trace), trace), grid, smoothing)]
     anchors = trace.anchors
     compared = ~anchors
@@ -462,6 +516,7 @@ def fit_device(trace: Trace, nodes: int = DEFAULT_NODES, smoothing: float = DEFA
                                   max_nfev=MAX_FIT_ITERATIONS)
         if result is None or candidate.cost < result.cost:
             result = candidate
+    trace, w = full_trace, full_w
     up, down = np.exp(result.x[:nodes]), np.exp(result.x[nodes:])
     up = _flat_outside(up, grid, before[pol < 0])
     down = _flat_outside(down, grid, before[pol > 0])
@@ -497,7 +552,8 @@ def fit_device(trace: Trace, nodes: int = DEFAULT_NODES, smoothing: float = DEFA
             voltage_range=meta.voltage_range.model_dump() if meta.voltage_range else None,
             n_trace_pulses=len(trace),
             fit=dict(nodes=nodes, smoothing=smoothing, method="least_squares(trf) on replay residuals",
-                     cost=float(result.cost), evaluations=int(result.nfev), status=int(result.status))),
+                     cost=float(result.cost), evaluations=int(result.nfev), status=int(result.status),
+                     **({} if subset is None else dict(pulses_fitted=int(len(subset)), blocks=FIT_BLOCKS)))),
     )
     return card
 

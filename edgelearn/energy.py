@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .devices import DeviceCard, load_card
-from .errors import EdgelearnError, validation_error
+from .errors import EdgelearnError, read_text_file, validation_error
 
 Q_E = 1.602176634e-19  # C
 K_B = 1.380649e-23  # J/K
@@ -29,7 +29,7 @@ class SchottkyBound(BaseModel):
     """Leakage-limited upper bound E = |V| J(|V|) A t_pw (the thesis' estimate), J the modified Schottky emission
     (Simmons) current density J = alpha T^1.5 E mu' exp(-(phi_B - sqrt(q E / (4 pi eps0 eps_r))) / (kT/q))."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     kind: Literal["schottky-bound"] = "schottky-bound"
     barrier_ev: float = Field(0.19, gt=0, description="Schottky barrier height phi_B, eV")
     eps_r: float = Field(18.2, gt=0, description="relative permittivity of the film")
@@ -55,7 +55,7 @@ class Capacitive(BaseModel):
     polarisation (NeuroSim's FeFET form, every pulse counted as a full 2 Pr switch: an upper bound for partial
     switching), plus leakage."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     kind: Literal["capacitive"] = "capacitive"
     eps_r: float = Field(18.2, gt=0, description="relative permittivity")
     thickness_m: float = Field(5e-9, gt=0, description="film thickness")
@@ -72,7 +72,7 @@ class TableModel(BaseModel):
     """Measured or published per-pulse energies by pulse width, interpolated linearly in log(width)-log(energy);
     outside the table (or with one point) extrapolated with slope `exponent` (E ~ width^exponent)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     kind: Literal["table"] = "table"
     widths_s: list[float] = Field([20e-9], min_length=1, description="pulse widths, ascending")
     energies_j: list[float] = Field([3e-12], min_length=1, description="energy per pulse at each width")
@@ -104,7 +104,7 @@ class TableModel(BaseModel):
 class OperationEnergies(BaseModel):
     """Energy of everything but programming pulses, per counted event (defaults and sources in docs/energy.md)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     t_read_s: float = Field(10e-9, gt=0, description="read time of an array pass (device read: V_read^2 G t_read)")
     dac_j: float = Field(0.5e-12, ge=0, description="one DAC conversion (7 bit)")
     adc_j: float = Field(2.6e-12, ge=0, description="one ADC conversion (9 bit SAR, Walden FoM 5 fJ/step)")
@@ -117,7 +117,7 @@ class OperationEnergies(BaseModel):
 class EnergyModel(BaseModel):
     """A complete set of unit energies: the programming model, the pulse amplitudes it is evaluated at, and the rest."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str = "schottky-bound"
     programming: SchottkyBound | Capacitive | TableModel = Field(default_factory=SchottkyBound,
                                                                  discriminator="kind")
@@ -144,7 +144,7 @@ def load_energy_model(name_or_path: str) -> EnergyModel:
     if not path.is_file():
         raise EdgelearnError(f"{name_or_path}: not a built-in energy model ({', '.join(BUILTIN_MODELS)}) nor a file")
     try:
-        return EnergyModel.model_validate_json(path.read_text())
+        return EnergyModel.model_validate_json(read_text_file(path, "energy model JSON file"))
     except ValidationError as exc:
         raise validation_error(path, exc, "model") from None
 

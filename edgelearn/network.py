@@ -14,6 +14,37 @@ from .devices import DeviceCard, DeviceVariation
 from .errors import EdgelearnError
 
 PRESETS = {"paper": (784, 256, 128, 10)}  # the MLP of arXiv 2509.18121 (sigmoid hidden layers)
+# Limits (docs/architecture.md, "Limits"): every weight of an analog layer is a device with its own arrays (state,
+# 5 drawn parameters, accumulator, per-direction pulse counts in int32 and int64; twice the state and parameters with
+# reference devices), measured with tracemalloc at 116 and 156 bytes per weight; a digital weight is 16 bytes (the
+# matrix and its initial copy). The paper network has 235,146 weights.
+MAX_NETWORK_WEIGHTS = 10_000_000
+BYTES_PER_WEIGHT = {"analog": 120, "analog+references": 160, "digital": 16}
+
+
+def network_weights(sizes) -> int:
+    """Weights of an MLP with these layer sizes, bias columns included."""
+    return sum((n_in + 1) * n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+
+
+def _gb(n_bytes: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.3g} {unit}"
+    return f"{n_bytes / 1e3:.3g} KB"
+
+
+def check_size(sizes, digital: bool = False, references: bool = False) -> None:
+    """Refuse (one line, with the memory it would need) a network of more than MAX_NETWORK_WEIGHTS weights, before
+    anything is allocated."""
+    n = network_weights(sizes)
+    if n > MAX_NETWORK_WEIGHTS:
+        kind = "digital" if digital else ("analog+references" if references else "analog")
+        per = BYTES_PER_WEIGHT[kind]
+        raise EdgelearnError(f"network {'-'.join(str(s) for s in sizes)}: {n:,} weights would need about "
+                             f"{_gb(n * per)} of {'weight' if digital else 'device'} arrays; the limit is "
+                             f"{MAX_NETWORK_WEIGHTS:,} weights (MAX_NETWORK_WEIGHTS, about "
+                             f"{_gb(MAX_NETWORK_WEIGHTS * per)})")
 
 
 def _sigmoid(z):
@@ -152,6 +183,7 @@ class Network:
             raise EdgelearnError(f"unknown activation '{activation}' (known: {', '.join(ACTIVATIONS)})")
         if not digital and card is None:
             raise EdgelearnError("an analog network needs a device card")
+        check_size(sizes, digital, references)
         self.sizes, self.activation = sizes, activation
         self.f, self.df = ACTIVATIONS[activation]
         self.layers = []
@@ -176,6 +208,9 @@ class Network:
 
     def forward(self, xs: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
         """(logits, layer inputs with the bias column, hidden activations)."""
+        if xs.ndim != 2 or xs.shape[1] != self.sizes[0]:
+            raise EdgelearnError(f"network {'-'.join(map(str, self.sizes))} takes {self.sizes[0]} inputs, the data "
+                                 f"have {xs.shape[-1] if xs.ndim else 0} features")
         inputs, hidden = [], []
         a = xs
         for k, layer in enumerate(self.layers):

@@ -7,19 +7,29 @@ window spans a gap; this is the documented gap policy (no interpolation).
 
 from __future__ import annotations
 
+import array
+import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from firmware_model import frontend
 
-from .errors import InputError
+from .errors import EdgelearnWarning, InputError
 from .traces import parse_number
 
 UNLABELLED = -1
+# Limits (docs/architecture.md, "Limits"). A live serial stream without duration_s is read until 'end', a silent port,
+# or MAX_STREAM_SAMPLES samples (then it stops with a warning); duration_s * rate_hz may not exceed it either. Samples
+# are kept as float64 (8 bytes per channel, time and label): the cap bounds a capture to about 64 MB at 6 channels.
+MAX_STREAM_SAMPLES = 1_000_000  # 5.5 h at 50 Hz, 27.7 h at 10 Hz
+MAX_WINDOW_S = 3600.0
+MAX_FULL_SCALE = 1e6  # per channel prefix, in the channel's unit
 
 
 @dataclass(frozen=True)
@@ -42,15 +52,36 @@ class Recording:
 class FrontEndConfig(BaseModel):
     """How the controller turns samples into network inputs."""
 
-    model_config = ConfigDict(extra="forbid")
-    window_s: float = Field(2.56, gt=0, description="window length, seconds")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    window_s: float = Field(2.56, gt=0, le=MAX_WINDOW_S, description="window length, seconds")
     overlap: float = Field(0.5, ge=0, lt=1, description="fraction of a window shared with the next")
     mode: Literal["features", "raw"] = Field("features", description="per-channel features, or decimated samples")
     decimation: int = Field(8, ge=1, description="raw mode: keep every n-th sample")
     full_scale: dict[str, float] = Field({"acc": 8.0, "gyro": 34.9}, description="sensor range per channel prefix "
                                          "(acc in g, gyro in rad/s: an 8 g / 2000 deg/s IMU); int16 codes span it")
 
+    @field_validator("full_scale")
+    @classmethod
+    def _positive_scales(cls, value: dict[str, float]) -> dict[str, float]:
+        for prefix, scale in value.items():
+            if not 0.0 < scale <= MAX_FULL_SCALE:
+                raise ValueError(f"'{prefix}': expected a sensor range > 0 and <= {MAX_FULL_SCALE:g}, got {scale}")
+        return value
+
+    def geometry_problem(self, rate_hz: float) -> str | None:
+        """Why windows cannot be cut at rate_hz (too few samples per window or per decimated window), or None."""
+        length = int(round(self.window_s * rate_hz))
+        if length < 2:
+            return (f"window_s {self.window_s:g} s is {length} sample(s) at {rate_hz:g} Hz; a window needs at least 2 "
+                    f"(window_s >= {2.0 / rate_hz:g} s)")
+        if self.mode == "raw" and length // self.decimation < 1:
+            return f"decimation {self.decimation} leaves no sample of a {length}-sample window"
+        return None
+
     def geometry(self, rate_hz: float) -> tuple[int, int]:
+        problem = self.geometry_problem(rate_hz)
+        if problem:
+            raise InputError("front end", problem, field="window_s")
         length = int(round(self.window_s * rate_hz))
         hop = max(1, int(round(length * (1.0 - self.overlap))))
         return length, hop
@@ -105,13 +136,20 @@ def load_hapt(path: str | Path, users=None) -> list[Recording]:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"not a readable npz archive ({exc})") from None
+    except IsADirectoryError:
+        raise InputError(path, "is a directory, expected the HAPT npz file") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise InputError(path, f"damaged: not a readable npz archive ({_one_line(exc)}); re-create it") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise InputError(path, "not an npz archive (a single .npy array?): expected the HAPT npz file")
     with archive:
         for name, ndim in HAPT_ARRAYS.items():
             if name not in archive.files:
                 raise InputError(path, f"missing array '{name}' (expected {', '.join(HAPT_ARRAYS)})")
-        data = {name: archive[name] for name in HAPT_ARRAYS}
+        try:
+            data = {name: archive[name] for name in HAPT_ARRAYS}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+            raise InputError(path, f"damaged: an array cannot be read ({_one_line(exc)}); re-create it") from None
     for name, ndim in HAPT_ARRAYS.items():
         if data[name].ndim != ndim:
             raise InputError(path, f"array '{name}' has {data[name].ndim} dimensions, expected {ndim}")
@@ -145,6 +183,11 @@ def load_hapt(path: str | Path, users=None) -> list[Recording]:
     return recordings
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def load_csv(path: str | Path, rate_hz: float, label_column: str = "label") -> list[Recording]:
     """A CSV stream: header `time_s,<channel>,...[,label]`, one sample per line, time in seconds ascending, label an
     integer or empty (unlabelled). The sampling rate must match rate_hz within 1 %; gaps split the stream."""
@@ -153,6 +196,10 @@ def load_csv(path: str | Path, rate_hz: float, label_column: str = "label") -> l
         lines = path.read_text().splitlines()
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
+    except IsADirectoryError:
+        raise InputError(path, "is a directory, expected a CSV stream file") from None
+    except PermissionError:
+        raise InputError(path, "permission denied") from None
     except UnicodeDecodeError:
         raise InputError(path, "not a text file") from None
     if not lines:
@@ -177,9 +224,10 @@ class SampleParser:
         self.channels = tuple(self.header[1:-1] if self.has_label else self.header[1:])
         if not self.channels:
             raise InputError(source, "no sensor channels in the header", 1)
-        self.times: list[float] = []
-        self.rows: list[list[float]] = []
-        self.labels: list[int] = []
+        # compact buffers (8 bytes a value): a capture of MAX_STREAM_SAMPLES stays tens of MB
+        self.times = array.array("d")
+        self.rows = array.array("d")  # channels per sample, flattened
+        self.labels = array.array("q")
 
     def add(self, raw: str, line_no: int) -> None:
         if not raw.strip():
@@ -200,8 +248,11 @@ class SampleParser:
         if self.times and t <= self.times[-1]:
             raise InputError(path, f"time must increase, got {t} after {self.times[-1]}", line_no, "time_s")
         self.times.append(t)
-        self.rows.append(values)
+        self.rows.extend(values)
         self.labels.append(label)
+
+    def __len__(self) -> int:
+        return len(self.times)
 
     def recordings(self, rate_hz: float) -> list[Recording]:
         """The samples so far, checked against rate_hz (within 1 %) and split at gaps (> 1.5 periods)."""
@@ -217,7 +268,8 @@ class SampleParser:
             raise InputError(path, f"sampling rate {found:.4g} Hz, expected {rate_hz:g} Hz (within 1 %)",
                              field="time_s")
         cuts = np.nonzero(dt > 1.5 * period)[0] + 1
-        samples, label_array = np.array(self.rows), np.array(self.labels, np.int64)
+        samples = np.frombuffer(self.rows, np.float64).reshape(len(times), len(self.channels)).copy()
+        label_array = np.frombuffer(self.labels, np.int64).copy()
         bounds = np.r_[0, cuts, len(times)]
         name = Path(str(path)).name
         return [Recording(samples[a:b], label_array[a:b], rate_hz, self.channels, 0, k, name)
@@ -225,12 +277,15 @@ class SampleParser:
 
 
 def read_serial(url: str, rate_hz: float, duration_s: float | None = None, timeout_s: float = 5.0,
-                label_column: str = "label", port=None) -> list[Recording]:
+                label_column: str = "label", port=None, max_samples: int | None = None) -> list[Recording]:
     """A live sensor stream from a serial port (any pyserial URL: /dev/ttyACM0, socket://host:port, loop://, ...):
     ASCII lines in the CSV sample format (header line first, then `time_s,<channels>[,label]` per sample, `\\n` or
-    `\\r\\n` endings). Reading stops at a line `end`, after `duration_s` of stream time, or when the port stays silent
-    for `timeout_s` (an error if no header arrived). `port` may be an already open serial object."""
+    `\\r\\n` endings). Reading stops at a line `end`, after `duration_s` of stream time, when the port stays silent
+    for `timeout_s` (an error if no header arrived), or after `max_samples` samples (default MAX_STREAM_SAMPLES; with
+    an EdgelearnWarning, as the capture is kept in memory). `port` may be an already open serial object."""
     import serial
+
+    cap = MAX_STREAM_SAMPLES if max_samples is None else int(max_samples)
 
     if port is None:
         try:
@@ -259,6 +314,11 @@ def read_serial(url: str, rate_hz: float, duration_s: float | None = None, timeo
                 continue
             parser.add(text, line_no)
             if duration_s is not None and parser.times[-1] - parser.times[0] >= duration_s:
+                break
+            if len(parser) >= cap:
+                warnings.warn(f"{url}: stopped reading after {cap:,} samples ({cap / rate_hz:.0f} s at {rate_hz:g} "
+                              "Hz), the cap on a serial capture kept in memory (MAX_STREAM_SAMPLES); set duration_s to "
+                              "choose a shorter stream, or end it with a line 'end'", EdgelearnWarning, stacklevel=2)
                 break
     finally:
         port.close()

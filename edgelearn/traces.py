@@ -21,6 +21,10 @@ TRACE_FORMAT = "edgelearn-trace/1"
 TRACE_COLUMNS = ("pulse", "amplitude_v", "polarity", "conductance_s")
 DEFAULT_READ_VOLTAGE_V = 0.1  # the WGFMU files do not state it; their README gives a DC sweep of about +-0.1 V
 VOLTAGE_TOLERANCE_V = 1e-6  # range limits are inclusive; the analysis block rounds them to 0.1 V
+# Limits (docs/architecture.md, "Limits"): the LBE247 runs have a few hundred pulses; a trace is read whole into memory
+MAX_TRACE_BYTES = 256 * 2**20
+MAX_TRACE_PULSES = 2_000_000
+MIN_RESISTANCE_OHM = 1.0  # 1/R must be a plausible conductance (<= 1 S, as in our CSV format), not a unit mistake
 
 
 class VoltageRange(BaseModel):
@@ -54,6 +58,8 @@ class TraceMeta(BaseModel):
     source_sha256: str = Field("", description="SHA-256 of that file")
     selection: str = Field("all", description="which pulses were kept: all, analysis-block, or cutoffs:FILE")
     voltage_range: VoltageRange | None = Field(None, description="amplitude range the selection kept")
+    hil_plan: str = Field("", description="plan of the `hil characterize` run that wrote this trace (JSON): what "
+                          "`--resume` needs to continue an interrupted one")
 
     @field_validator("format")
     @classmethod
@@ -92,19 +98,28 @@ class Trace:
 
     def to_csv(self, path: str | Path) -> None:
         """Write the trace in our CSV format (written to a temporary file first, so never half-written)."""
-        path = Path(path)
-        lines = [f"# {TRACE_FORMAT}"]
-        for key, value in self.meta.model_dump(exclude={"format"}).items():
-            if value is None or value == "":
-                continue
-            if key == "voltage_range":
-                value = ",".join(repr(float(value[k])) for k in ("pos_start_v", "pos_end_v", "neg_start_v", "neg_end_v"))
-            lines.append(f"# {key} = {value}")
-        lines.append(",".join(TRACE_COLUMNS))
+        lines = trace_header(self.meta)
         for k in range(len(self)):
-            sign = "+1" if self.polarity[k] > 0 else "-1"
-            lines.append(f"{int(self.pulse[k])},{float(self.amplitude_v[k])!r},{sign},{float(self.conductance_s[k])!r}")
-        write_atomically(path, "\n".join(lines) + "\n")
+            lines.append(trace_row(self.pulse[k], self.amplitude_v[k], self.polarity[k], self.conductance_s[k]))
+        write_atomically(Path(path), "\n".join(lines) + "\n")
+
+
+def trace_header(meta: TraceMeta) -> list[str]:
+    """The header lines of our CSV format: format tag, `# key = value` metadata, column names."""
+    lines = [f"# {TRACE_FORMAT}"]
+    for key, value in meta.model_dump(exclude={"format"}).items():
+        if value is None or value == "":
+            continue
+        if key == "voltage_range":
+            value = ",".join(repr(float(value[k])) for k in ("pos_start_v", "pos_end_v", "neg_start_v", "neg_end_v"))
+        lines.append(f"# {key} = {value}")
+    lines.append(",".join(TRACE_COLUMNS))
+    return lines
+
+
+def trace_row(pulse: int, amplitude_v: float, polarity: int, conductance_s: float) -> str:
+    """One data line of our CSV format (floats in repr form: they read back bit-identically)."""
+    return f"{int(pulse)},{float(amplitude_v)!r},{'+1' if polarity > 0 else '-1'},{float(conductance_s)!r}"
 
 
 def write_atomically(path: str | Path, text: str) -> None:
@@ -140,6 +155,10 @@ def load_trace(path: str | Path, cutoffs: str | Path | None = None, use_cutoffs:
 
 def _read_text(path: Path) -> str:
     try:
+        size = path.stat().st_size
+        if size > MAX_TRACE_BYTES:
+            raise InputError(path, f"{size:,} bytes: larger than the limit of a trace file ({MAX_TRACE_BYTES:,} bytes, "
+                             "MAX_TRACE_BYTES); split the measurement")
         data = path.read_bytes()
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
@@ -188,6 +207,9 @@ def _table_rows(path, lines, header_line, columns):
             if expected != got and _unit(expected)[0] == _unit(got)[0]:
                 raise InputError(path, f"wrong unit: expected column '{expected}', got '{got}'", header_line)
         raise InputError(path, f"expected columns '{','.join(columns)}', got '{','.join(names)}'", header_line)
+    if len(lines) - header_line > MAX_TRACE_PULSES:
+        raise InputError(path, f"{len(lines) - header_line:,} data rows: more than the limit of a trace "
+                         f"({MAX_TRACE_PULSES:,} pulses, MAX_TRACE_PULSES); split the measurement", header_line)
     for line_no, raw in enumerate(lines[header_line:], start=header_line + 1):
         if not raw.strip():
             continue
@@ -343,6 +365,9 @@ def _parse_wgfmu(path: Path, text: str, cutoffs, use_cutoffs: bool) -> Trace:
         for name, r in (("R_low (ohm)", r_low), ("R_high (ohm)", r_high)):
             if r <= 0.0:
                 raise InputError(path, f"expected a positive resistance in ohm, got {r}", line_no, name)
+            if r < MIN_RESISTANCE_OHM:
+                raise InputError(path, f"{r} ohm is not a plausible device resistance (expected at least "
+                                 f"{MIN_RESISTANCE_OHM:g} ohm; wrong unit?)", line_no, name)
         if rows and index <= rows[-1][1]:
             raise InputError(path, f"index must increase, got {index} after {rows[-1][1]}", line_no, "index")
         rows.append((number, index, amp, r_low, r_high, line_no))
