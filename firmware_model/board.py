@@ -20,6 +20,7 @@ import socket
 import struct
 import threading
 import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,9 @@ from . import controller as ctl
 FIRMWARE = "edgelearn-board-emulator 1.0"
 READ_BITS = 16
 READ_SPAN_W = 4.0  # read codes cover w in [-2, 2] of the first card's normalisation
+CACHE_DEPTH = 32  # answers kept per session for repeated requests
+DEFAULT_LEASE_S = 10.0  # a session that sent nothing for this long no longer holds the board
+MAX_PULSES_PER_COMMAND = 1 << 24  # count x devices of one APPLY_PULSES / UPDATE (about 0.1 s of emulator work)
 
 
 class CommandError(Exception):
@@ -48,7 +52,8 @@ class BoardFirmware:
     is the card's nominal device and a pulse schedule has exactly one outcome, which `hil compare` uses."""
 
     def __init__(self, cards: list[DeviceCard], rows: int = 8, cols: int = 8, seed: int = 0, ideal: bool = False,
-                 periphery: PeripheryConfig | None = None):
+                 periphery: PeripheryConfig | None = None, lease_s: float = DEFAULT_LEASE_S,
+                 max_pulses: int = MAX_PULSES_PER_COMMAND):
         if not cards:
             raise ValueError("the board needs at least one device card")
         if not (1 <= rows <= 1024 and 1 <= cols <= 1024):
@@ -83,45 +88,101 @@ class BoardFirmware:
         self.w_per_code = READ_SPAN_W / (2**READ_BITS - 1)
         self.configured: tuple[int, int] | None = None  # (width_ns, amplitude_mV)
         self.ref_zero = np.zeros((rows, cols))
-        self.last: tuple[int, bytes, bytes] | None = None  # (seq, request payload, response payload)
+        self.lease_s = float(lease_s)
+        self.max_pulses = int(max_pulses)
+        self.owner: int | None = None  # the session that holds the board
+        self.owner_seen = 0.0  # when it last sent a request (time.monotonic)
+        self.cache: OrderedDict[int, tuple[bytes, bytes]] = OrderedDict()  # seq -> (request, response), owner's
+        self.high_seq: int | None = None  # the owner's last executed seq
+        self.last_received = (0, 0)  # (session, seq) of the last intact request: what a NAK names
         self.executed = 0
         self.duplicates = 0
+        self.stale = 0
+        self.busy = 0
 
     # -- the interpreter -------------------------------------------------------------------------------------------
-    def handle(self, payload: bytes) -> bytes | None:
+    def handle(self, payload: bytes, now: float | None = None) -> bytes | None:
         """One request payload (CRC already checked) -> the response payload, or None for a frame that is not a
-        request. A repeated request (same sequence number and bytes as the last one) is answered from the cache and
-        not executed again."""
+        request. Exactly once: a request whose (session, seq) was executed recently is answered from the cache; one
+        older than the cache is refused with E_STALE; neither is executed again. While one host's session holds the
+        board (it sent a request in the last `lease_s` seconds and has not sent CLOSE), other sessions get E_BUSY."""
+        if not payload:
+            return None
+        if payload[0] != p.PROTOCOL_VERSION:
+            return self._foreign_version(payload)
         try:
             msg = p.parse_message(payload)
         except p.ProtocolError:
             return None
         if msg.is_response:
             return None
-        if self.last is not None and self.last[0] == msg.seq and self.last[1] == payload:
-            self.duplicates += 1
-            return self.last[2]
-        if msg.version != p.PROTOCOL_VERSION:
-            status, body = p.E_VERSION, p.text(f"board speaks protocol {p.PROTOCOL_VERSION}, got {msg.version}")
-        else:
-            try:
-                status, body = p.OK, self._execute(msg.command, msg.body)
-                self.executed += 1
-            except CommandError as exc:
-                status, body = exc.status, p.text(str(exc))
-            except p.ProtocolError as exc:
-                status, body = p.E_BAD_LENGTH, p.text(str(exc))
-            except Exception as exc:  # noqa: BLE001 - firmware must answer, never die: report and go on
-                status, body = p.E_INTERNAL, p.text(f"{type(exc).__name__}: {exc}")
-        response = p.Message(p.PROTOCOL_VERSION, msg.seq, (msg.command | p.RESPONSE) & 0xFF, status, body).pack()
-        self.last = (msg.seq, bytes(payload), response)
+        now = time.monotonic() if now is None else now
+        if self.owner is not None and msg.session != self.owner and now - self.owner_seen < self.lease_s:
+            self.busy += 1
+            return self._answer(msg, p.E_BUSY, p.text(
+                f"in use by another host (session 0x{self.owner:04x}, last request {now - self.owner_seen:.1f} s ago); "
+                f"free when that host closes its link or after {self.lease_s:g} s without requests"))
+        if msg.session != self.owner:  # the board is free (or the owner's lease ran out): this session takes it
+            self.owner, self.cache, self.high_seq = msg.session, OrderedDict(), None
+        self.owner_seen = now
+        self.last_received = (msg.session, msg.seq)
+        cached = self.cache.get(msg.seq)
+        if cached is not None:
+            if cached[0] == payload:
+                self.duplicates += 1
+                return cached[1]
+            self.stale += 1
+            return self._answer(msg, p.E_STALE, p.text(f"seq {msg.seq} was already used for another request of this "
+                                                       "session: not executed"))
+        if self.high_seq is not None and 0 < (self.high_seq - msg.seq) & 0xFFFF < 0x8000:
+            self.stale += 1
+            return self._answer(msg, p.E_STALE, p.text(f"request seq {msg.seq} is older than the last one executed "
+                                                       f"({self.high_seq}): a late duplicate, not executed again"))
+        try:
+            status, body = p.OK, self._execute(msg.command, msg.body)
+            self.executed += 1
+        except CommandError as exc:
+            status, body = exc.status, p.text(str(exc))
+        except p.ProtocolError as exc:
+            status, body = p.E_BAD_LENGTH, p.text(str(exc))
+        except Exception as exc:  # noqa: BLE001 - firmware must answer, never die: report and go on
+            status, body = p.E_INTERNAL, p.text(f"{type(exc).__name__}: {exc}")
+        response = self._answer(msg, status, body)
+        self.cache[msg.seq] = (bytes(payload), response)
+        self.high_seq = msg.seq
+        while len(self.cache) > CACHE_DEPTH:
+            self.cache.popitem(last=False)
+        if msg.command == p.CLOSE and status == p.OK:
+            self.release(msg.session)
         return response
+
+    @staticmethod
+    def _answer(msg: p.Message, status: int, body: bytes) -> bytes:
+        return p.Message(p.PROTOCOL_VERSION, msg.seq, (msg.command | p.RESPONSE) & 0xFF, status, body,
+                         msg.session).pack()
+
+    @staticmethod
+    def _foreign_version(payload: bytes) -> bytes | None:
+        """A request of another protocol version is not executed: E_VERSION in the version-1 header layout (the
+        oldest one), carrying this board's version, so a host of any version can report the mismatch."""
+        if len(payload) < p.V1_HEADER.size:
+            return None
+        version, seq, command, _ = p.V1_HEADER.unpack_from(payload)
+        if command & p.RESPONSE:
+            return None
+        return p.V1_HEADER.pack(p.PROTOCOL_VERSION, seq, command | p.RESPONSE, p.E_VERSION) + p.text(
+            f"board speaks protocol {p.PROTOCOL_VERSION}, got {version}")
+
+    def release(self, session: int) -> None:
+        """The session's host is gone (CLOSE, or its TCP connection ended): the board is free for another host."""
+        if self.owner == session:
+            self.owner, self.cache, self.high_seq = None, OrderedDict(), None
 
     def _execute(self, command: int, body: bytes) -> bytes:
         handler = {p.IDENTIFY: self._identify, p.CONFIGURE_PULSE: self._configure, p.APPLY_PULSES: self._apply,
                    p.READ: self._read, p.FORWARD: self._forward, p.BACKWARD: self._backward,
                    p.UPDATE: self._update, p.READ_COUNTERS: self._read_counters,
-                   p.RESET_COUNTERS: self._reset_counters}.get(command)
+                   p.RESET_COUNTERS: self._reset_counters, p.CLOSE: self._close}.get(command)
         if handler is None:
             raise CommandError(p.E_UNKNOWN_COMMAND, f"unknown command 0x{command:02x}")
         return handler(p.Reader(body, p.COMMAND_NAMES[command]))
@@ -138,8 +199,9 @@ class BoardFirmware:
     def _identify(self, r: p.Reader) -> bytes:
         r.done()
         pc = self.periphery
-        out = struct.pack("<BHHBBBBIB", p.PROTOCOL_VERSION, self.rows, self.cols, pc.dac_bits, pc.adc_bits, READ_BITS,
-                          ctl.N_COUNTERS, p.MAX_PAYLOAD, len(self.cards))
+        out = struct.pack("<BHHBBBBIIIB", p.PROTOCOL_VERSION, self.rows, self.cols, pc.dac_bits, pc.adc_bits,
+                          READ_BITS, ctl.N_COUNTERS, p.MAX_PAYLOAD, self.max_pulses, int(round(self.lease_s * 1000)),
+                          len(self.cards))
         for width_ns, card in self.cards.items():
             low, high = self._amplitude_range_mv(card)
             out += struct.pack("<Ihh", width_ns, low, high)
@@ -201,9 +263,18 @@ class BoardFirmware:
         if polarity not in (p.UP, p.DOWN):
             raise CommandError(p.E_BAD_ARGUMENT, f"polarity {polarity}: expected +1 (up) or -1 (down)")
         rs, cs = self._selection(kind, row, col)
+        devices = (rs.stop - rs.start) * (cs.stop - cs.start)
+        self._check_pulses(count * devices, f"{count} pulses x {devices} devices")
         tile = self._pulse_tile()
         counts = np.full((rs.stop - rs.start, cs.stop - cs.start), polarity * count, np.int32)
         return struct.pack("<I", self._pulse(tile, rs, cs, counts))
+
+    def _check_pulses(self, total: int, what: str) -> None:
+        """Refuse, before any device is touched, a command whose pulses exceed the board's per-command limit: it
+        would hold the board for minutes (and its count would not fit the u32 answer)."""
+        if total > self.max_pulses:
+            raise CommandError(p.E_BAD_ARGUMENT, f"{what} = {total} pulses exceed the board's limit of "
+                                                 f"{self.max_pulses} per command: split it")
 
     def _read(self, r: p.Reader) -> bytes:
         kind, row, col = r.take("BHH")
@@ -243,6 +314,7 @@ class BoardFirmware:
         rs, cs = self._region(r)
         counts = r.array("i1", (rs.stop - rs.start) * (cs.stop - cs.start))
         r.done()
+        self._check_pulses(int(np.abs(counts.astype(np.int64)).sum()), "update")
         tile = self._pulse_tile()
         counts = counts.astype(np.int32).reshape(rs.stop - rs.start, cs.stop - cs.start)
         return struct.pack("<I", self._pulse(tile, rs, cs, counts))
@@ -257,23 +329,44 @@ class BoardFirmware:
         self.main.device_pulses[:] = 0
         return b""
 
+    def _close(self, r: p.Reader) -> bytes:
+        r.done()  # the release itself happens in handle(), once the answer is cached
+        return b""
+
 
 # ---------------------------------------------------------------------------------------------------- the cable
 
 @dataclass
 class Faults:
     """A bad cable: each byte, in either direction, is dropped with probability `drop` or has one random bit flipped
-    with probability `corrupt`; each response is held back `delay_ms` before it is sent."""
+    with probability `corrupt`; each response is held back `delay_ms`, plus `spike_ms` with probability `spike_rate`
+    (a latency spike: a busy USB stack, a host that is descheduled), and the board's first response `first_delay_ms`
+    more (a board that is slow to come up)."""
 
     drop: float = 0.0
     corrupt: float = 0.0
     delay_ms: float = 0.0
     seed: int = 0
+    spike_ms: float = 0.0
+    spike_rate: float = 0.0
+    first_delay_ms: float = 0.0
 
     def __post_init__(self):
+        for name in ("drop", "corrupt", "spike_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"fault {name} must be a probability in [0, 1), got {value}")
+        if self.drop + self.corrupt >= 1.0:
+            raise ValueError(f"fault drop + corrupt must stay below 1, got {self.drop + self.corrupt}")
+        for name in ("delay_ms", "spike_ms", "first_delay_ms"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 600_000:
+                raise ValueError(f"fault {name} must be in 0..600000 ms, got {value}")
         self.rng = random.Random(self.seed)
         self.dropped = 0
         self.corrupted = 0
+        self.spikes = 0
+        self.responses = 0
 
     @property
     def active(self) -> bool:
@@ -294,107 +387,224 @@ class Faults:
             out.append(byte)
         return bytes(out)
 
+    def response_delay_s(self) -> float:
+        """How long the next response is held back."""
+        delay = self.delay_ms
+        if self.responses == 0:
+            delay += self.first_delay_ms
+        if self.spike_rate > 0 and self.rng.random() < self.spike_rate:
+            delay += self.spike_ms
+            self.spikes += 1
+        self.responses += 1
+        return delay / 1000.0
 
-def serve(read, write, firmware: BoardFirmware, faults: Faults | None = None, stop: threading.Event | None = None):
-    """Serve the protocol over a byte stream: `read()` returns the bytes available (b"" at end of stream, None when
-    nothing arrived yet), `write(data)` sends. Returns when the stream ends or `stop` is set."""
-    faults = faults or Faults()
-    decoder = p.FrameDecoder()
-    while stop is None or not stop.is_set():
-        data = read()
-        if data is None:
+
+MAX_PENDING_OUT = 1 << 20  # bytes of answers a host may leave unread before the board drops them
+MAX_CONNECTIONS = 8  # TCP: simultaneous connections (one holds the board; the others are told it is busy)
+DEFAULT_IDLE_TIMEOUT_S = 60.0  # TCP: a connection that sends nothing for this long is closed
+
+
+class _Channel:
+    """One byte stream to a host (the pty, or one TCP connection): its frame decoder, the answers waiting to be sent
+    (each with the time it may go, so a held-back answer never blocks the board) and the sessions seen on it."""
+
+    def __init__(self, now: float):
+        self.decoder = p.FrameDecoder()
+        self.out: deque[list] = deque()  # [due time, bytes not yet written]
+        self.pending = 0
+        self.last_rx = now
+        self.last_due = now
+        self.sessions: set[int] = set()
+        self.dropped_bytes = 0
+
+    def queue(self, data: bytes, due: float) -> bool:
+        """Queue bytes for sending at `due` (never before what is queued already); False when the host has left more
+        than MAX_PENDING_OUT unread, and the bytes were dropped."""
+        if not data:
+            return True
+        if self.pending + len(data) > MAX_PENDING_OUT:
+            self.dropped_bytes += len(data)
+            return False
+        self.last_due = max(due, self.last_due)
+        self.out.append([self.last_due, data])
+        self.pending += len(data)
+        return True
+
+    def next_due(self) -> float | None:
+        return self.out[0][0] if self.out else None
+
+    def flush(self, now: float, send) -> None:
+        """Write what is due; `send(view)` returns the bytes written (0 when the stream would block)."""
+        while self.out and self.out[0][0] <= now:
+            item = self.out[0]
+            n = send(memoryview(item[1]))
+            if n <= 0:
+                return
+            self.pending -= n
+            if n < len(item[1]):
+                item[1] = item[1][n:]
+                return
+            self.out.popleft()
+
+
+def feed_channel(firmware: BoardFirmware, faults: Faults, channel: _Channel, data: bytes, now: float) -> bool:
+    """The board's side of one read: decode frames, answer each request (a NAK at once for a damaged frame), queue
+    the answers. False when the host let too many answers pile up unread."""
+    channel.last_rx = now
+    rejected = channel.decoder.rejected
+    payloads = channel.decoder.feed(faults.apply(data))
+    ok = True
+    if channel.decoder.rejected != rejected:  # a damaged frame: ask for a resend now rather than after a timeout
+        ok &= channel.queue(faults.apply(p.encode_frame(p.nak(*firmware.last_received))), now)
+    for payload in payloads:
+        response = firmware.handle(payload, now)
+        if response is None:
             continue
-        if data == b"":
-            return
-        rejected = decoder.rejected
-        payloads = decoder.feed(faults.apply(data))
-        if decoder.rejected != rejected:  # a damaged frame: ask for a resend now rather than after the host's timeout
-            write(faults.apply(p.encode_frame(p.NAK)))
-        for payload in payloads:
-            response = firmware.handle(payload)
-            if response is None:
-                continue
-            if faults.delay_ms > 0:
-                time.sleep(faults.delay_ms / 1000.0)
-            write(faults.apply(p.encode_frame(response)))
+        if len(payload) >= p.HEADER.size and payload[0] == p.PROTOCOL_VERSION:
+            channel.sessions.add(p.HEADER.unpack_from(payload)[1])
+        ok &= channel.queue(faults.apply(p.encode_frame(response)), now + faults.response_delay_s())
+    return ok
 
 
 class BoardEmulator:
-    """The board on a pseudo-terminal (`url` is its /dev/pts path) or a TCP socket (`socket://host:port`)."""
+    """The board on a pseudo-terminal (`url` is its /dev/pts path) or a TCP socket (`socket://host:port`).
+
+    One thread serves every stream without ever blocking on one: reads and writes are non-blocking, held-back answers
+    wait in a queue with their due time, a host that does not read its answers loses them (pty) or its connection
+    (TCP) once MAX_PENDING_OUT bytes pile up, and a TCP connection idle for `idle_timeout_s` is closed. Over TCP up to
+    MAX_CONNECTIONS hosts may connect; the firmware's session lease decides which one the board serves."""
 
     def __init__(self, firmware: BoardFirmware, faults: Faults | None = None, transport: str = "pty",
-                 host: str = "127.0.0.1", port: int = 0):
+                 host: str = "127.0.0.1", port: int = 0, idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S):
         self.firmware, self.faults = firmware, faults or Faults()
+        self.idle_timeout_s = float(idle_timeout_s)
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
         self.transport = transport
+        self.closed_idle = 0
+        self.closed_unread = 0
+        self.refused = 0
         if transport == "pty":
             import tty
 
             self.master, self.slave = os.openpty()
             tty.setraw(self.slave)
+            os.set_blocking(self.master, False)
             self.url = os.ttyname(self.slave)
         elif transport == "tcp":
             self.server = socket.create_server((host, port))
+            self.server.setblocking(False)
             self.url = f"socket://{host}:{self.server.getsockname()[1]}"
         else:
             raise ValueError(f"transport must be pty or tcp, got {transport}")
 
-    def _read_fd(self):
-        try:
-            ready, _, _ = select.select([self.master], [], [], 0.05)
-        except (OSError, ValueError):
-            return b""  # the port was closed under us: stop serving
-        if not ready:
-            return None
-        try:
-            return os.read(self.master, 65536)
-        except OSError:
-            if self.stop_event.is_set():
-                return b""
-            return None  # EIO while no host has the port open: keep waiting
-
-    def _write_fd(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(self.master, view)
-            except OSError:
-                return  # host gone: the response is lost, as on a real cable
-            view = view[n:]
-
     def run(self) -> None:
-        """Serve until stop() (pty: across host sessions; tcp: one connection after another)."""
-        if self.transport == "pty":
-            serve(self._read_fd, self._write_fd, self.firmware, self.faults, self.stop_event)
-            return
-        self.server.settimeout(0.1)
-        while not self.stop_event.is_set():
+        """Serve until stop() (pty: across host sessions; tcp: many connections, one holding the board)."""
+        try:
+            self._run_pty() if self.transport == "pty" else self._run_tcp()
+        except (OSError, ValueError):
+            if not self.stop_event.is_set():
+                raise  # a real failure; after stop() the closed descriptors end the loop
+
+    def _wait(self, channels) -> float:
+        """Seconds until the next answer is due (at most 0.05: the stop flag is checked that often)."""
+        dues = [d for d in (c.next_due() for c in channels) if d is not None]
+        if not dues:
+            return 0.05
+        return min(0.05, max(0.0, min(dues) - time.monotonic()))
+
+    def _run_pty(self) -> None:
+        fd = self.master
+        channel = _Channel(time.monotonic())
+
+        def send(view):
             try:
-                conn, _ = self.server.accept()
-            except (TimeoutError, socket.timeout):
-                continue
+                return os.write(fd, view)
+            except BlockingIOError:
+                return 0
+            except OSError:  # no host: the bytes are lost, as on a cable nobody listens to
+                channel.out.clear()
+                channel.pending = 0
+                return 0
+
+        while not self.stop_event.is_set():
+            want_write = [fd] if channel.out and channel.next_due() <= time.monotonic() else []
+            readable, writable, _ = select.select([fd], want_write, [], self._wait([channel]))
+            now = time.monotonic()
+            if readable:
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    data = None
+                except OSError:
+                    if self.stop_event.is_set():
+                        return
+                    data = None  # EIO while no host has the port open: keep waiting
+                    time.sleep(0.01)
+                if data:
+                    feed_channel(self.firmware, self.faults, channel, data, now)
+            channel.flush(time.monotonic(), send)
+
+    def _run_tcp(self) -> None:
+        conns: dict[socket.socket, _Channel] = {}
+
+        def drop(conn):
+            channel = conns.pop(conn)
+            for session in channel.sessions:
+                self.firmware.release(session)
+            try:
+                conn.close()
             except OSError:
-                return
-            conn.settimeout(0.05)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small frames: no Nagle delay
+                pass
 
-            def read(conn=conn):
+        while not self.stop_event.is_set():
+            now = time.monotonic()
+            writers = [c for c, ch in conns.items() if ch.out and ch.next_due() <= now]
+            readable, writable, _ = select.select([self.server, *conns], writers, [],
+                                                  self._wait(conns.values()))
+            now = time.monotonic()
+            for sock in readable:
+                if sock is self.server:
+                    try:
+                        conn, _ = self.server.accept()
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    if len(conns) >= MAX_CONNECTIONS:
+                        self.refused += 1
+                        conn.close()
+                        continue
+                    conn.setblocking(False)
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small frames: no Nagle delay
+                    conns[conn] = _Channel(now)
+                    continue
+                if sock not in conns:
+                    continue
                 try:
-                    return conn.recv(65536)
-                except (TimeoutError, socket.timeout):
-                    return None
+                    data = sock.recv(65536)
+                except (BlockingIOError, InterruptedError):
+                    continue
                 except OSError:
-                    return b""
+                    data = b""
+                if not data:
+                    drop(sock)
+                elif not feed_channel(self.firmware, self.faults, conns[sock], data, now):
+                    self.closed_unread += 1
+                    drop(sock)  # the host does not read its answers: it cannot hold the board
+            for conn, channel in list(conns.items()):
+                def send(view, conn=conn):
+                    try:
+                        return conn.send(view)
+                    except (BlockingIOError, InterruptedError):
+                        return 0
+                    except OSError:
+                        return -1
 
-            def write(data, conn=conn):
-                try:
-                    conn.sendall(data)
-                except OSError:
-                    pass
-
-            serve(read, write, self.firmware, self.faults, self.stop_event)
-            conn.close()
+                channel.flush(time.monotonic(), send)
+                if now - channel.last_rx > self.idle_timeout_s and not channel.out:
+                    self.closed_idle += 1
+                    drop(conn)
+        for conn in list(conns):
+            drop(conn)
 
     def start(self) -> "BoardEmulator":
         self.thread = threading.Thread(target=self.run, name="board-emulator", daemon=True)

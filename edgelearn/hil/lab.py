@@ -6,9 +6,11 @@ hil` commands are thin layers over these functions.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 
@@ -17,49 +19,213 @@ from firmware_model import controller as ctl
 from ..board import Tile
 from ..devices import DeviceCard, DeviceVariation, load_card
 from ..errors import EdgelearnError
-from ..traces import Trace, TraceMeta
+from ..traces import Trace, TraceMeta, trace_header, trace_row, write_atomically
 from . import protocol as p
 from .serial_board import SerialBoard
 
 
 def _pulse_setup(board: SerialBoard, width_ns: int, amplitude_v: float | None) -> int:
     """Configure the pulse; returns the amplitude in mV (default: the top of the board's range at that width)."""
-    info = board.info
-    if width_ns not in info.pulse_widths_ns:
-        raise EdgelearnError(f"{info.url}: the board does not support {width_ns} ns pulses (it has "
-                             f"{', '.join(f'{w} ns' for w in info.pulse_widths_ns)})")
-    low, high = info.amplitude_ranges_mv[info.pulse_widths_ns.index(width_ns)]
+    low, high = board.amplitude_range_mv(width_ns)
+    if amplitude_v is not None and not (np.isfinite(amplitude_v) and low <= abs(amplitude_v) * 1000 <= high):
+        raise EdgelearnError(f"--amplitude {amplitude_v:g} V: the board offers {low / 1000:g}..{high / 1000:g} V at "
+                             f"{width_ns} ns")
     amplitude_mv = high if amplitude_v is None else int(round(abs(amplitude_v) * 1000))
     board.configure_pulse(width_ns, amplitude_mv)
     return amplitude_mv
 
 
+MAX_CHARACTERIZE_PULSES = 1_000_000  # pulses of one characterisation (2 round trips each)
+JOURNAL_SUFFIX = ".partial"
+_SYNC_EVERY_S = 1.0  # the journal reaches the disk (fsync) at least this often; every row reaches the OS at once
+
+
+def journal_path(output: str | Path) -> Path:
+    """Where `hil characterize -o OUTPUT` keeps its measured prefix while it runs: OUTPUT.partial."""
+    output = Path(output)
+    return output.with_name(output.name + JOURNAL_SUFFIX)
+
+
+class _Journal:
+    """The measured prefix of a characterisation, on disk as it grows: a trace CSV whose `hil_plan` header says how
+    to continue it. Each row is written (to the OS) as soon as it is measured, so nothing measured is lost when the
+    host process dies; fsync at least every `_SYNC_EVERY_S`."""
+
+    def __init__(self, path: Path, header: list[str] | None):
+        self.path = path
+        try:
+            if header is not None:  # a new journal: the header goes in whole, or not at all
+                write_atomically(path, "\n".join(header) + "\n")
+            self.file = open(path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise EdgelearnError(f"{path}: cannot write the characterisation journal ({exc.strerror})") from None
+        self.synced = time.monotonic()
+
+    def append(self, line: str) -> None:
+        try:
+            self.file.write(line + "\n")
+            self.file.flush()
+            if time.monotonic() - self.synced > _SYNC_EVERY_S:
+                os.fsync(self.file.fileno())
+                self.synced = time.monotonic()
+        except OSError as exc:
+            raise EdgelearnError(f"{self.path}: cannot write the characterisation journal ({exc.strerror}); the "
+                                 "rows written so far are kept") from None
+
+    def close(self) -> None:
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        except (OSError, ValueError):
+            pass
+        self.file.close()
+
+
+def _board_pulses(board: SerialBoard) -> int:
+    c = board.board_counters()
+    return c["pulses_up"] + c["pulses_down"]
+
+
+def _schedule(pulses: int, cycles: int) -> np.ndarray:
+    """Trace polarity of each pulse: per cycle `pulses` down (+1, a positive pulse), then `pulses` up (-1)."""
+    one = np.concatenate([np.ones(pulses, np.int64), -np.ones(pulses, np.int64)])
+    return np.tile(one, cycles)
+
+
 def characterize(board: SerialBoard, width_ns: int, pulses: int = 200, cycles: int = 2, amplitude_v: float | None
-                 = None, row: int = 0, col: int = 0, read_voltage_v: float = 0.1, progress=None) -> Trace:
+                 = None, row: int = 0, col: int = 0, read_voltage_v: float = 0.1, progress=None,
+                 journal: str | Path | None = None) -> Trace:
     """The measurement protocol: `cycles` times a train of `pulses` down pulses then `pulses` up pulses on device
     (row, col), reading the conductance after every pulse. Returns a trace in our format (fit it with
-    `edgelearn device fit`)."""
-    if pulses < 1 or cycles < 1:
-        raise EdgelearnError(f"pulses and cycles must be positive, got {pulses} and {cycles}")
+    `edgelearn device fit`).
+
+    With `journal` (a path), every measured pulse is appended to that file as it is measured (a trace CSV of the
+    prefix), so an interrupted run loses nothing and `resume_characterization(board, journal)` continues it."""
+    if not (1 <= pulses and 1 <= cycles and 2 * pulses * cycles <= MAX_CHARACTERIZE_PULSES):
+        raise EdgelearnError(f"--pulses and --cycles must be positive with 2 x pulses x cycles <= "
+                             f"{MAX_CHARACTERIZE_PULSES}, got {pulses} and {cycles}")
+    if not (np.isfinite(read_voltage_v) and 0 < read_voltage_v <= 1):
+        raise EdgelearnError(f"read voltage must be in (0, 1] V, got {read_voltage_v}")
+    board.check_device(row, col)
+    if journal is not None and Path(journal).exists():
+        raise EdgelearnError(f"{journal}: an interrupted characterisation is kept there: continue it with --resume, "
+                             "or delete the file to start again")
     amplitude_mv = _pulse_setup(board, width_ns, amplitude_v)
-    n = 2 * pulses * cycles
-    polarity = np.empty(n, np.int64)
-    conductance = np.empty(n)
-    k = 0
-    for _ in range(cycles):
-        for trace_polarity, wire in ((+1, p.DOWN), (-1, p.UP)):  # trace: +1 = positive pulse = down
-            for _ in range(pulses):
-                board.apply_pulses(row, col, wire, 1)
-                polarity[k] = trace_polarity
-                conductance[k] = board.read_conductance(row, col)
-                k += 1
-                if progress is not None:
-                    progress(1)
+    plan = dict(width_ns=int(width_ns), amplitude_mv=amplitude_mv, pulses=int(pulses), cycles=int(cycles),
+                row=int(row), col=int(col), device_id=board.info.device_id, board_pulses_before=_board_pulses(board))
     meta = TraceMeta(device_id=board.info.device_id, pulse_width_s=width_ns * 1e-9, read_voltage_v=read_voltage_v,
                      measured_at=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-                     source=f"hil {board.info.url} device ({row}, {col}) {board.info.firmware}", selection="all")
-    amplitude = polarity * (amplitude_mv / 1000.0)
-    return Trace(meta, np.arange(1, n + 1), amplitude.astype(float), polarity, conductance)
+                     source=f"hil {board.info.url} device ({row}, {col}) {board.info.firmware}", selection="all",
+                     hil_plan=json.dumps(plan, separators=(",", ":")) if journal is not None else "")
+    writer = _Journal(Path(journal), trace_header(meta)) if journal is not None else None
+    return _measure(board, plan, meta, np.empty(0, np.int64), np.empty(0), writer, progress)
+
+
+def _measure(board, plan, meta, done_polarity, done_conductance, writer, progress) -> Trace:
+    schedule = _schedule(plan["pulses"], plan["cycles"])
+    n = len(schedule)
+    polarity = np.concatenate([done_polarity, np.empty(n - len(done_polarity), np.int64)])
+    conductance = np.concatenate([done_conductance, np.empty(n - len(done_conductance))])
+    amplitude_v = plan["amplitude_mv"] / 1000.0
+    row, col = plan["row"], plan["col"]
+    try:
+        for k in range(len(done_polarity), n):
+            board.apply_pulses(row, col, p.DOWN if schedule[k] > 0 else p.UP, 1)  # trace +1 = positive = down
+            polarity[k] = schedule[k]
+            conductance[k] = board.read_conductance(row, col)
+            if writer is not None:
+                writer.append(trace_row(k + 1, schedule[k] * amplitude_v, schedule[k], conductance[k]))
+            if progress is not None:
+                progress(1)
+    finally:
+        if writer is not None:
+            writer.close()
+    return Trace(meta, np.arange(1, n + 1), polarity * amplitude_v, polarity, conductance)
+
+
+def resume_characterization(board: SerialBoard, journal: str | Path, progress=None) -> Trace:
+    """Continue the characterisation whose measured prefix is in `journal` (written by `characterize(...,
+    journal=...)`), on the same device of the same board, from the first pulse not yet recorded.
+
+    The board's pulse counter decides what happened to the pulse in flight when the run stopped: if the board
+    applied it but its read was lost, the device is read now and the pulse recorded; if the board applied anything
+    else since (another program, a reset), the prefix cannot be continued and this refuses."""
+    path = Path(journal)
+    if not path.exists():
+        raise EdgelearnError(f"{path}: no interrupted characterisation to resume (the journal is missing)")
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):  # a row torn by a crash mid-write: drop it, it is measured again
+        with open(path, "r+b") as f:
+            f.truncate(raw.rfind(b"\n") + 1)
+    plan, meta, pols, gs = _read_journal(path)
+    if plan["device_id"] != board.info.device_id:
+        raise EdgelearnError(f"{path}: started on device type {plan['device_id']}, this board has "
+                             f"{board.info.device_id}")
+    board.check_device(plan["row"], plan["col"])
+    if plan["amplitude_mv"] != _pulse_setup(board, plan["width_ns"], plan["amplitude_mv"] / 1000.0):
+        raise EdgelearnError(f"{path}: the board cannot reproduce the journal's pulse")
+    schedule = _schedule(plan["pulses"], plan["cycles"])
+    if len(pols) > len(schedule) or not np.array_equal(pols, schedule[:len(pols)]):
+        raise EdgelearnError(f"{path}: the recorded pulses do not follow the plan of {plan['pulses']} pulses x "
+                             f"{plan['cycles']} cycles")
+    applied = _board_pulses(board) - plan["board_pulses_before"]
+    writer = _Journal(path, None)
+    if applied == len(pols) + 1 and len(pols) < len(schedule):  # the pulse in flight was applied, its read lost
+        g = board.read_conductance(plan["row"], plan["col"])
+        k = len(pols)
+        writer.append(trace_row(k + 1, schedule[k] * plan["amplitude_mv"] / 1000.0, schedule[k], g))
+        pols, gs = np.append(pols, schedule[k]), np.append(gs, g)
+        if progress is not None:
+            progress(1)
+    elif applied != len(pols):
+        writer.close()
+        raise EdgelearnError(f"{path}: the board applied {applied} pulses since this characterisation started, the "
+                             f"journal records {len(pols)}: the board was reset or used by another program, so the "
+                             "prefix cannot be continued (fit it as it is, or start again)")
+    if progress is not None:
+        progress(0)
+    return _measure(board, plan, meta, pols, gs, writer, progress)
+
+
+def _read_journal(path: Path):
+    """(plan, trace metadata, polarities, conductances) of a journal; one-line errors for anything else."""
+    from ..traces import TRACE_COLUMNS, TRACE_FORMAT
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EdgelearnError(f"{path}: not a characterisation journal ({exc})") from None
+    if not lines or lines[0].strip() != f"# {TRACE_FORMAT}":
+        raise EdgelearnError(f"{path}:1: not a characterisation journal (expected '# {TRACE_FORMAT}')")
+    header, k = {}, 1
+    while k < len(lines) and lines[k].startswith("#"):
+        key, _, value = lines[k][1:].partition("=")
+        header[key.strip()] = value.strip()
+        k += 1
+    if k >= len(lines) or lines[k].strip() != ",".join(TRACE_COLUMNS):
+        raise EdgelearnError(f"{path}:{k + 1}: not a characterisation journal (expected the column header)")
+    try:
+        meta = TraceMeta(**header)
+        plan = json.loads(meta.hil_plan)
+        keys = ("width_ns", "amplitude_mv", "pulses", "cycles", "row", "col", "device_id", "board_pulses_before")
+        missing = [key for key in keys if key not in plan]
+        if missing:
+            raise ValueError(f"hil_plan misses {', '.join(missing)}")
+    except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+        raise EdgelearnError(f"{path}: not a characterisation journal ({str(exc).splitlines()[0]})") from None
+    pols, gs = [], []
+    for line_no, line in enumerate(lines[k + 1:], start=k + 2):
+        cells = line.split(",")
+        try:
+            pulse, pol, g = int(cells[0]), int(cells[2]), float(cells[3])
+            if pulse != len(pols) + 1 or pol not in (1, -1) or not (np.isfinite(g) and g > 0) or len(cells) != 4:
+                raise ValueError
+        except (ValueError, IndexError):
+            raise EdgelearnError(f"{path}:{line_no}: expected row {len(pols) + 1} as pulse,amplitude_v,polarity,"
+                                 f"conductance_s, got '{line[:60]}'") from None
+        pols.append(pol)
+        gs.append(g)
+    return plan, meta, np.array(pols, np.int64), np.array(gs, float)
 
 
 @dataclass
@@ -92,6 +258,12 @@ def compare(board: SerialBoard, card: DeviceCard | str, pulses: int = 100, cycle
     width_ns = int(round(card.pulse_width_s * 1e9))
     _pulse_setup(board, width_ns, amplitude_v)
     saturate = int(2 * card.figures.n_states) + 10 if saturate is None else saturate
+    if not 0 <= saturate <= 10_000_000:
+        raise EdgelearnError(f"--saturate: expected 0..10000000 pulses, got {saturate}")
+    if not (1 <= pulses and 1 <= cycles and 2 * pulses * cycles <= MAX_CHARACTERIZE_PULSES):
+        raise EdgelearnError(f"--pulses and --cycles must be positive with 2 x pulses x cycles <= "
+                             f"{MAX_CHARACTERIZE_PULSES}, got {pulses} and {cycles}")
+    board.check_device(row, col)
     twin = Tile(card, 1, 1, seed=0, variation=DeviceVariation.none(), c2c_std=0.0)
     g_range = card.g_max_s - card.g_min_s
     codes, offset, scale = board.read_codes(p.SEL_DEVICE, row, col)

@@ -4,8 +4,12 @@ Shared by the host driver (`edgelearn.hil.serial_board`) and the board emulator 
 encode and decode with the same code. Everything here is pure Python over bytes; nothing touches a port.
 
 A frame on the wire is ``0x00 || COBS(payload || crc16(payload) as 2 bytes little-endian) || 0x00``. The payload
-starts with a 5-byte header ``version u8, seq u16, command u8, status u8`` (all little-endian); a response carries
-``command | 0x80`` and a status (0 = OK), then the command's body.
+starts with a 7-byte header ``version u8, session u16, seq u16, command u8, status u8`` (all little-endian); a response
+carries the request's session and seq, ``command | 0x80`` and a status (0 = OK), then the command's body.
+
+Version 2 (this one) added the session (which host sent a request: the board serves one session at a time and keeps
+its duplicate cache per session), a window of cached answers with stale-request refusal, NAKs that name the last
+request the board received, a per-command pulse limit and the CLOSE command.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-PROTOCOL_VERSION = 1
-HEADER = struct.Struct("<BHBB")
+PROTOCOL_VERSION = 2
+HEADER = struct.Struct("<BHHBB")  # version, session, seq, command, status
+V1_HEADER = struct.Struct("<BHBB")  # the version-1 layout: how a board answers a request of a version it does not speak
 MAX_PAYLOAD = 16384  # bytes of payload (header + body) in one frame, either direction
 MAX_FRAME = MAX_PAYLOAD + 2 + MAX_PAYLOAD // 254 + 2  # + CRC and COBS overhead (delimiters not counted)
 RESPONSE = 0x80
@@ -29,9 +34,10 @@ BACKWARD = 0x06
 UPDATE = 0x07
 READ_COUNTERS = 0x08
 RESET_COUNTERS = 0x09
+CLOSE = 0x0A
 COMMAND_NAMES = {IDENTIFY: "identify", CONFIGURE_PULSE: "configure-pulse", APPLY_PULSES: "apply-pulses",
                  READ: "read", FORWARD: "forward", BACKWARD: "backward", UPDATE: "update",
-                 READ_COUNTERS: "read-counters", RESET_COUNTERS: "reset-counters"}
+                 READ_COUNTERS: "read-counters", RESET_COUNTERS: "reset-counters", CLOSE: "close"}
 
 # status codes (responses)
 OK = 0
@@ -43,11 +49,19 @@ E_VERSION = 5
 E_NOT_CONFIGURED = 6
 E_INTERNAL = 7
 E_BAD_FRAME = 8  # NAK: the board received a frame that failed COBS or CRC (sent with seq 0, command 0x80)
+E_BUSY = 9  # another host's session holds the board
+E_STALE = 10  # a request older than the last one executed (a late duplicate): not executed again
 STATUS_NAMES = {OK: "ok", E_UNKNOWN_COMMAND: "unknown command", E_BAD_LENGTH: "bad length",
                 E_BAD_ARGUMENT: "bad argument", E_UNSUPPORTED: "unsupported", E_VERSION: "protocol version mismatch",
                 E_NOT_CONFIGURED: "pulse not configured", E_INTERNAL: "internal error",
-                E_BAD_FRAME: "bad frame"}
-NAK = HEADER.pack(PROTOCOL_VERSION, 0, RESPONSE, E_BAD_FRAME)
+                E_BAD_FRAME: "bad frame", E_BUSY: "board busy", E_STALE: "stale request"}
+NAK_BODY = struct.Struct("<HH")  # the session and seq of the last request the board received intact
+
+
+def nak(session: int, seq: int) -> bytes:
+    """The NAK payload: header (session 0, seq 0, command 0x80, E_BAD_FRAME) and, as its body, the session and seq of
+    the last request the board received intact, so a host can tell whether its own request got through."""
+    return HEADER.pack(PROTOCOL_VERSION, 0, 0, RESPONSE, E_BAD_FRAME) + NAK_BODY.pack(session & 0xFFFF, seq & 0xFFFF)
 
 # selections for APPLY_PULSES and READ
 SEL_DEVICE = 0
@@ -136,8 +150,9 @@ def cobs_decode(data: bytes) -> bytes:
 def encode_frame(payload: bytes) -> bytes:
     if len(payload) > MAX_PAYLOAD:
         raise ProtocolError(f"payload of {len(payload)} bytes exceeds the {MAX_PAYLOAD}-byte limit")
-    # a leading delimiter too: whatever line noise preceded the frame is cut off and cannot spoil it
-    return b"\x00" + cobs_encode(payload + struct.pack("<H", crc16(payload))) + b"\x00"
+    # a leading delimiter: whatever line noise preceded the frame is cut off and cannot spoil it; two closing ones: a
+    # frame whose first closing delimiter is lost on the cable still ends at once, not when the next frame begins
+    return b"\x00" + cobs_encode(payload + struct.pack("<H", crc16(payload))) + b"\x00\x00"
 
 
 class FrameDecoder:
@@ -184,7 +199,7 @@ class FrameDecoder:
         except ProtocolError:
             self.rejected += 1
             return None
-        if len(decoded) < HEADER.size + 2 or crc16(decoded[:-2]) != struct.unpack("<H", decoded[-2:])[0]:
+        if len(decoded) < 3 or crc16(decoded[:-2]) != struct.unpack("<H", decoded[-2:])[0]:
             self.rejected += 1
             return None
         self.accepted += 1
@@ -200,20 +215,26 @@ class Message:
     command: int
     status: int
     body: bytes
+    session: int = 0
 
     @property
     def is_response(self) -> bool:
         return bool(self.command & RESPONSE)
 
     def pack(self) -> bytes:
-        return HEADER.pack(self.version, self.seq, self.command, self.status) + self.body
+        return HEADER.pack(self.version, self.session, self.seq, self.command, self.status) + self.body
 
 
 def parse_message(payload: bytes) -> Message:
+    """A payload of this protocol version as a Message; ProtocolError for a short payload or another version (whose
+    header layout may differ: only its first byte, the version, is common to all versions)."""
+    if len(payload) >= 1 and payload[0] != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version mismatch: this end speaks {PROTOCOL_VERSION}, the frame is version "
+                            f"{payload[0]}")
     if len(payload) < HEADER.size:
         raise ProtocolError(f"payload of {len(payload)} bytes is shorter than the {HEADER.size}-byte header")
-    version, seq, command, status = HEADER.unpack_from(payload)
-    return Message(version, seq, command, status, bytes(payload[HEADER.size:]))
+    version, session, seq, command, status = HEADER.unpack_from(payload)
+    return Message(version, seq, command, status, bytes(payload[HEADER.size:]), session)
 
 
 class Reader:

@@ -45,19 +45,24 @@ class LinkStats:
     requests: int = 0
     attempts: int = 0
     retries: int = 0
+    timeouts: int = 0
     rejected_frames: int = 0
     stale_frames: int = 0
     naks: int = 0
+    write_timeouts: int = 0
     bytes_out: int = 0
     bytes_in: int = 0
 
 
-def open_port(url: str, timeout: float, baudrate: int = 115200):
-    """Open a pyserial URL with one-line errors for the usual failures."""
+def open_port(url: str, timeout: float, baudrate: int = 115200, exclusive: bool = True):
+    """Open a pyserial URL with one-line errors for the usual failures. `exclusive` locks a serial device or pty
+    (flock) so that a second host on the same port is refused instead of interleaving its commands with ours."""
     import serial
 
     try:
-        return serial.serial_for_url(url, baudrate=baudrate, timeout=timeout, write_timeout=max(1.0, timeout))
+        port = serial.serial_for_url(url, baudrate=baudrate, timeout=timeout, write_timeout=max(1.0, timeout),
+                                     exclusive=exclusive if not url.startswith(("socket://", "loop://", "spy://",
+                                                                                "rfc2217://")) else None)
     except serial.SerialException as exc:
         code = exc.errno if exc.errno is not None else getattr(exc.__context__, "errno", None)
         text = str(exc)
@@ -66,28 +71,93 @@ def open_port(url: str, timeout: float, baudrate: int = 115200):
         if code == errno.EACCES or "Permission denied" in text:
             raise HilError(f"{url}: permission denied (add yourself to the group owning the port, e.g. "
                            "dialout, or fix its udev rule)") from None
-        if code == errno.EBUSY or "busy" in text.lower():
-            raise HilError(f"{url}: port busy (another program has it open)") from None
+        if code in (errno.EBUSY, errno.EAGAIN) or "busy" in text.lower() or "exclusively lock" in text:
+            raise HilError(f"{url}: port busy (another program has it open; two hosts on one board would "
+                           "interleave their commands)") from None
         raise HilError(f"{url}: cannot open port ({text})") from None
     except ValueError as exc:
         raise HilError(f"{url}: not a usable port URL ({exc})") from None
+    try:
+        port.reset_input_buffer()  # answers left unread by an earlier session are no answers to us
+    except Exception:  # noqa: BLE001 - not every URL handler supports it
+        pass
+    return port
+
+
+class _RttEstimator:
+    """Retransmission timeout of one command kind (RFC 6298: SRTT + 4 RTTVAR; Karn's rule: only first attempts are
+    sampled; a timeout doubles the timeout until the command is answered)."""
+
+    def __init__(self, initial: float):
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.rto = initial
+
+    def sample(self, rtt: float, lo: float, hi: float) -> None:
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2.0
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+        self.rto = min(hi, max(lo, self.srtt + 4.0 * self.rttvar))
+
+    def back_off(self, hi: float) -> None:
+        self.rto = min(hi, 2.0 * self.rto)
+
+    def answered(self, lo: float, hi: float) -> None:
+        """An answer arrived after resends: no sample (it is ambiguous which copy was answered), but the board is
+        alive, so the backed-off timeout returns to the estimate (as Linux TCP does), instead of staying long and
+        slowing every later command."""
+        if self.srtt is not None:
+            self.rto = min(hi, max(lo, self.srtt + 4.0 * self.rttvar))
 
 
 class SerialLink:
     """Request/response over a pyserial port (any URL: /dev/ttyACM0, /dev/pts/N, socket://host:port, loop://,
-    spy://...). `timeout` is per attempt, `retries` the attempts after the first."""
+    spy://...).
 
-    def __init__(self, url: str, timeout: float = 1.0, retries: int = 10, baudrate: int = 115200, port=None):
-        if timeout <= 0 or retries < 0:
-            raise EdgelearnError(f"timeout must be > 0 and retries >= 0, got {timeout} and {retries}")
-        self.url, self.timeout, self.retries = url, timeout, retries
-        self.port = port if port is not None else open_port(url, timeout, baudrate)
+    `timeout` is the time budget of one command, every resend included (default 30 s: long enough for a board that
+    is slow to come up or a cable with bursts of noise). Within it a request is resent with the same sequence number
+    after an adaptive per-command timeout (measured round-trip time + 4 deviations, at least `min_rto`, doubling
+    after each silent attempt up to `max_rto`), at once after a NAK saying the board did not get it or after a
+    damaged frame arrives; `retries`, if given, also caps the resends. The board executes a request once whatever
+    the number of copies it receives. A session id (random, per link) tells the board which host is talking; `close`
+    sends CLOSE so the board is free for another host at once."""
+
+    def __init__(self, url: str, timeout: float = 30.0, retries: int | None = None, baudrate: int = 115200,
+                 port=None, *, initial_rto: float = 1.0, min_rto: float = 0.03, max_rto: float = 2.0,
+                 exclusive: bool = True):
+        if not (timeout > 0 and np.isfinite(timeout)) or (retries is not None and retries < 0):
+            raise EdgelearnError(f"--timeout must be a positive number of seconds and --retries >= 0, got {timeout} "
+                                 f"and {retries}")
+        if not 0 < min_rto <= initial_rto and min_rto <= max_rto:
+            raise EdgelearnError(f"need 0 < min_rto <= initial_rto and min_rto <= max_rto, got {min_rto}, "
+                                 f"{initial_rto}, {max_rto}")
+        self.url, self.timeout, self.retries = url, float(timeout), retries
+        self.initial_rto, self.min_rto, self.max_rto = float(initial_rto), float(min_rto), float(max_rto)
+        self.port = port if port is not None else open_port(url, min(timeout, 1.0), baudrate, exclusive)
         self.decoder = p.FrameDecoder()
         # a random start: a new session's first request is unlikely (1 in 65536) to repeat the board's cached one
+        self.session = int.from_bytes(os.urandom(2), "little")
         self.seq = int.from_bytes(os.urandom(2), "little")
         self.stats = LinkStats()
+        self.rtt: dict[int, _RttEstimator] = {}
+        self.closed = False
 
     def close(self) -> None:
+        """Release the board (CLOSE, one short try: a dead link must not delay the error that got us here) and the
+        port."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            saved = self.timeout, self.retries
+            self.timeout, self.retries = min(self.timeout, 0.5), 2
+            self.request(p.CLOSE)
+        except Exception:  # noqa: BLE001 - best effort: the board's lease frees it anyway
+            pass
+        finally:
+            self.timeout, self.retries = saved
         try:
             self.port.close()
         except Exception:  # noqa: BLE001 - closing a dead port must not mask the error that got us here
@@ -109,48 +179,71 @@ class SerialLink:
         name = p.COMMAND_NAMES.get(command, f"0x{command:02x}")
         seq = self.seq
         self.seq = (seq + 1) & 0xFFFF
-        frame = p.encode_frame(p.Message(p.PROTOCOL_VERSION, seq, command, 0, body).pack())
+        frame = p.encode_frame(p.Message(p.PROTOCOL_VERSION, seq, command, 0, body, self.session).pack())
         self.stats.requests += 1
-        for attempt in range(self.retries + 1):
+        rtt = self.rtt.setdefault(command, _RttEstimator(self.initial_rto))
+        deadline = time.monotonic() + self.timeout
+        attempts = 0
+        self._in_flight = 0  # copies sent whose reply (answer, NAK or damaged frame) has not arrived
+        while True:
+            now = time.monotonic()
+            if now >= deadline or (self.retries is not None and attempts > self.retries):
+                break
+            attempts += 1
             self.stats.attempts += 1
-            if attempt:
+            if attempts > 1:
                 self.stats.retries += 1
+            sent = time.monotonic()
             try:
                 self.port.write(frame)
                 self.stats.bytes_out += len(frame)
-                answer = self._await(seq, command)
+                self._in_flight += 1
+            except serial.SerialTimeoutException:
+                self.stats.write_timeouts += 1  # the line is stalled: try again while the budget lasts
+                rtt.back_off(self.max_rto)
+                continue
             except (serial.SerialException, OSError) as exc:
                 raise self._lost(name, exc) from None
-            if answer is None:
+            try:
+                outcome, answer = self._await(seq, command, min(deadline, sent + rtt.rto))
+            except (serial.SerialException, OSError) as exc:
+                raise self._lost(name, exc) from None
+            if outcome == "timeout":
+                self.stats.timeouts += 1
+                rtt.back_off(self.max_rto)
                 continue
-            if answer.version != p.PROTOCOL_VERSION:
-                raise HilError(f"{self.url}: protocol version mismatch: host speaks {p.PROTOCOL_VERSION}, board "
-                               f"answered in {answer.version}")
-            if answer.status != p.OK:
-                reason = p.STATUS_NAMES.get(answer.status, f"status {answer.status}")
-                try:
-                    detail = p.Reader(answer.body, name).text()
-                except p.ProtocolError:
-                    detail = ""
-                if answer.status == p.E_VERSION:
-                    raise BoardReportedError(f"{self.url}: protocol version mismatch: host speaks "
-                                             f"{p.PROTOCOL_VERSION}, board says: {detail}", answer.status)
-                raise BoardReportedError(f"{self.url}: board rejected {name}: {reason}: {detail}", answer.status)
-            return answer.body
-        raise HilError(f"{self.url}: board not answering ({name}: no valid response after {self.retries + 1} "
-                       f"attempts of {self.timeout:g} s)")
+            if outcome == "resend":
+                continue
+            if attempts == 1:
+                rtt.sample(time.monotonic() - sent, self.min_rto, self.max_rto)
+            else:
+                rtt.answered(self.min_rto, self.max_rto)
+            return self._checked(answer, name)
+        raise HilError(f"{self.url}: board not answering ({name}: no valid response in {self.timeout:g} s, "
+                       f"{attempts} attempts; the board may or may not have executed it)")
 
-    def _await(self, seq: int, command: int) -> p.Message | None:
-        """The response to (seq, command), or None when the attempt timed out or a corrupted frame arrived (then a
-        resend is cheaper than waiting)."""
-        deadline = time.monotonic() + self.timeout
+    def _checked(self, answer: p.Message, name: str) -> bytes:
+        if answer.status == p.OK:
+            return answer.body
+        reason = p.STATUS_NAMES.get(answer.status, f"status {answer.status}")
+        try:
+            detail = p.Reader(answer.body, name).text()
+        except p.ProtocolError:
+            detail = ""
+        if answer.status == p.E_BUSY:
+            raise BoardReportedError(f"{self.url}: board busy: {detail}", answer.status)
+        raise BoardReportedError(f"{self.url}: board rejected {name}: {reason}: {detail}", answer.status)
+
+    def _await(self, seq: int, command: int, until: float) -> tuple[str, p.Message | None]:
+        """("answer", message) for the response to (seq, command); ("resend", None) when a NAK says the board did not
+        get our request or a damaged frame arrived (perhaps our answer: a resend is cheaper than waiting);
+        ("timeout", None) when nothing useful arrived before `until`."""
         rejected = self.decoder.rejected
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            if self.port.timeout != min(self.timeout, 0.02):
-                self.port.timeout = min(self.timeout, 0.02)  # poll: a pyserial timeout change reconfigures the port
+            if time.monotonic() >= until:
+                return "timeout", None
+            if self.port.timeout != 0.01:
+                self.port.timeout = 0.01  # poll: a pyserial timeout change reconfigures the port, so set it once
             data = self.port.read(1)
             if not data:
                 continue
@@ -159,19 +252,67 @@ class SerialLink:
                 data += self.port.read(waiting)
             self.stats.bytes_in += len(data)
             for payload in self.decoder.feed(data):
+                if payload[0] != p.PROTOCOL_VERSION:
+                    raise HilError(f"{self.url}: protocol version mismatch: host speaks {p.PROTOCOL_VERSION}, board "
+                                   f"answered in {payload[0]}" + self._foreign_detail(payload))
                 try:
                     msg = p.parse_message(payload)
                 except p.ProtocolError:
+                    self.stats.rejected_frames += 1
                     continue
-                if msg.seq == seq and msg.command == (command | p.RESPONSE):
-                    return msg
+                if msg.seq == seq and msg.session == self.session and msg.command == (command | p.RESPONSE):
+                    return "answer", msg
                 if msg.command == p.RESPONSE and msg.status == p.E_BAD_FRAME:
                     self.stats.naks += 1
-                    return None  # the board saw a damaged frame (perhaps ours): resend now
+                    self._in_flight = max(0, self._in_flight - 1)
+                    try:
+                        last = p.NAK_BODY.unpack(msg.body)
+                    except struct.error:
+                        last = None
+                    if last != (self.session, seq) or self._in_flight == 0:
+                        return "resend", None  # the board has not got it, or its answer is spent: resend now
+                    continue  # it has, and answers another copy we sent: that answer is on its way
                 self.stats.stale_frames += 1  # an answer to an earlier attempt, or not an answer: skip it
             if self.decoder.rejected != rejected:
                 self.stats.rejected_frames += self.decoder.rejected - rejected
-                return None
+                self._in_flight = max(0, self._in_flight - (self.decoder.rejected - rejected))
+                return "resend", None
+
+    @staticmethod
+    def _foreign_detail(payload: bytes) -> str:
+        """The text of an E_VERSION answer in the version-1 layout, if that is what arrived."""
+        if len(payload) > p.V1_HEADER.size and payload[p.V1_HEADER.size - 1] == p.E_VERSION:
+            try:
+                return f" ({p.Reader(payload[p.V1_HEADER.size:], 'version').text()})"
+            except p.ProtocolError:
+                pass
+        return ""
+
+
+class _Answer(p.Reader):
+    """A board's answer body: a malformed one is a HilError naming the port and the command, not a traceback."""
+
+    def __init__(self, body: bytes, what: str, url: str):
+        super().__init__(body, what)
+        self.url = url
+
+    def _wrap(self, method, *args):
+        try:
+            return method(*args)
+        except p.ProtocolError as exc:
+            raise HilError(f"{self.url}: malformed {self.what} answer ({exc})") from None
+
+    def take(self, fmt: str):
+        return self._wrap(super().take, fmt)
+
+    def array(self, dtype: str, count: int):
+        return self._wrap(super().array, dtype, count)
+
+    def text(self) -> str:
+        return self._wrap(super().text)
+
+    def done(self) -> None:
+        return self._wrap(super().done)
 
 
 @dataclass
@@ -189,6 +330,8 @@ class BoardInfo:
     read_bits: int
     n_counters: int
     max_payload: int
+    max_pulses: int
+    lease_s: float
     pulse_widths_ns: list[int]
     amplitude_ranges_mv: list[tuple[int, int]]
     read_offset_s: float
@@ -204,20 +347,30 @@ def identify(link: SerialLink) -> BoardInfo:
     body = link.request(p.IDENTIFY)
     if body[:1] and body[0] != p.PROTOCOL_VERSION:
         raise HilError(f"{link.url}: protocol version mismatch: host speaks {p.PROTOCOL_VERSION}, board {body[0]}")
-    r = p.Reader(body, "identify")
-    protocol, rows, cols, dac_bits, adc_bits, read_bits, n_counters, max_payload, n_widths = r.take("BHHBBBBIB")
-    widths, ranges = [], []
-    for _ in range(n_widths):
-        width, low, high = r.take("Ihh")
-        widths.append(width)
-        ranges.append((low, high))
-    offset, scale = r.take("dd")
-    firmware, device_id = r.text(), r.text()
-    r.done()
-    if protocol != p.PROTOCOL_VERSION:
-        raise HilError(f"{link.url}: protocol version mismatch: host speaks {p.PROTOCOL_VERSION}, board {protocol}")
+    try:
+        r = p.Reader(body, "identify")
+        (protocol, rows, cols, dac_bits, adc_bits, read_bits, n_counters, max_payload, max_pulses, lease_ms,
+         n_widths) = r.take("BHHBBBBIIIB")
+        widths, ranges = [], []
+        for _ in range(n_widths):
+            width, low, high = r.take("Ihh")
+            widths.append(width)
+            ranges.append((low, high))
+        offset, scale = r.take("dd")
+        firmware, device_id = r.text(), r.text()
+        r.done()
+    except p.ProtocolError as exc:
+        raise HilError(f"{link.url}: malformed identify answer ({exc})") from None
+    problems = [what for what, bad in (
+        ("array size", not (rows >= 1 and cols >= 1)), ("DAC bits", not 2 <= dac_bits <= 16),
+        ("ADC bits", not 2 <= adc_bits <= 16), ("pulse widths", not widths or min(widths) < 1),
+        ("amplitude ranges", any(not 0 < lo <= hi for lo, hi in ranges)),
+        ("read scale", not (np.isfinite(offset) and np.isfinite(scale) and scale > 0)),
+        ("max payload", max_payload < 64))if bad]
+    if problems:
+        raise HilError(f"{link.url}: malformed identify answer (implausible {', '.join(problems)})")
     return BoardInfo(link.url, protocol, firmware, device_id, rows, cols, dac_bits, adc_bits, read_bits, n_counters,
-                     max_payload, widths, ranges, offset, scale)
+                     min(max_payload, p.MAX_PAYLOAD), max_pulses, lease_ms / 1000.0, widths, ranges, offset, scale)
 
 
 def parse_width_ns(text: str | float) -> int:
@@ -258,14 +411,18 @@ class SerialBoard:
     the updates it sent. Not available over the link: reference devices (symmetry-point shifting) and checkpoints of
     device states (a physical array cannot be restored)."""
 
-    def __init__(self, url: str | None = None, *, link: SerialLink | None = None, timeout: float = 1.0,
-                 retries: int = 10, seed: int = 0):
+    def __init__(self, url: str | None = None, *, link: SerialLink | None = None, timeout: float = 30.0,
+                 retries: int | None = None, seed: int = 0):
         if link is None:
             if url is None:
                 raise EdgelearnError("SerialBoard needs a port URL or a link")
             link = SerialLink(url, timeout=timeout, retries=retries)
         self.link = link
-        self.info = identify(link)
+        try:
+            self.info = identify(link)
+        except BaseException:
+            link.close()  # release the port (and its lock) at once
+            raise
         self.seed = seed
         self.tiles: list[_SerialTile] = []
         self.next_row = 0
@@ -281,20 +438,85 @@ class SerialBoard:
         self.close()
 
     # -- raw commands ---------------------------------------------------------------------------------------------
+    def _answer(self, body: bytes, what: str) -> "_Answer":
+        return _Answer(body, what, self.link.url)
+
+    def check_device(self, row: int, col: int) -> None:
+        """EdgelearnError unless (row, col) is a device of the board's array."""
+        if not (0 <= row < self.info.rows and 0 <= col < self.info.cols):
+            raise EdgelearnError(f"{self.link.url}: device ({row}, {col}) outside the board's {self.info.rows} x "
+                                 f"{self.info.cols} array (rows 0..{self.info.rows - 1}, columns 0..{self.info.cols - 1})")
+
+    def amplitude_range_mv(self, width_ns: int) -> tuple[int, int]:
+        if width_ns not in self.info.pulse_widths_ns:
+            raise EdgelearnError(f"{self.link.url}: the board does not support {width_ns} ns pulses (it has "
+                                 f"{', '.join(f'{w} ns' for w in self.info.pulse_widths_ns)})")
+        return self.info.amplitude_ranges_mv[self.info.pulse_widths_ns.index(width_ns)]
+
     def configure_pulse(self, width_ns: int, amplitude_mv: int) -> None:
-        self.link.request(p.CONFIGURE_PULSE, struct.pack("<Ih", int(width_ns), int(amplitude_mv)))
+        low, high = self.amplitude_range_mv(int(width_ns))
+        if not low <= abs(amplitude_mv) <= high:
+            raise EdgelearnError(f"{self.link.url}: amplitude {abs(amplitude_mv) / 1000:g} V outside the board's "
+                                 f"{low / 1000:g}..{high / 1000:g} V at {width_ns} ns")
+        body = self.link.request(p.CONFIGURE_PULSE, struct.pack("<Ih", int(width_ns), int(amplitude_mv)))
+        r = self._answer(body, "configure-pulse")
+        echoed = r.take("Ih")
+        r.done()
+        if echoed != (int(width_ns), abs(int(amplitude_mv))):
+            raise HilError(f"{self.link.url}: board configured {echoed[0]} ns at {echoed[1]} mV, asked for "
+                           f"{width_ns} ns at {abs(amplitude_mv)} mV")
         self.configured = (int(width_ns), int(amplitude_mv))
 
+    def _selected(self, selection: int, row: int, col: int) -> int:
+        """Devices a selection covers, after checking it against the array."""
+        if selection == p.SEL_DEVICE:
+            self.check_device(row, col)
+            return 1
+        if selection == p.SEL_ROW:
+            self.check_device(row, 0)
+            return self.info.cols
+        if selection == p.SEL_COLUMN:
+            self.check_device(0, col)
+            return self.info.rows
+        if selection == p.SEL_ALL:
+            return self.info.rows * self.info.cols
+        raise EdgelearnError(f"selection {selection} unknown (0 device, 1 row, 2 column, 3 all)")
+
     def apply_pulses(self, row: int, col: int, polarity: int, count: int = 1, selection: int = p.SEL_DEVICE) -> int:
-        body = self.link.request(p.APPLY_PULSES, struct.pack("<BHHbH", selection, row, col, polarity, count))
-        return struct.unpack("<I", body)[0]
+        """`count` pulses of `polarity` (+1 up, -1 down) on each selected device; any count is split into commands
+        within the protocol's u16 and the board's per-command pulse limit. Returns the pulses applied."""
+        if polarity not in (p.UP, p.DOWN):
+            raise EdgelearnError(f"polarity {polarity}: expected +1 (up) or -1 (down)")
+        if count < 0:
+            raise EdgelearnError(f"pulse count must be >= 0, got {count}")
+        devices = self._selected(selection, row, col)
+        per_command = min(0xFFFF, max(1, self.info.max_pulses // devices))
+        if devices > self.info.max_pulses:
+            raise EdgelearnError(f"{devices} devices exceed the board's limit of {self.info.max_pulses} pulses per "
+                                 "command: select fewer devices")
+        total = 0
+        while count > 0:
+            n = min(count, per_command)
+            body = self.link.request(p.APPLY_PULSES, struct.pack("<BHHbH", selection, row, col, polarity, n))
+            r = self._answer(body, "apply-pulses")
+            applied = r.take("I")
+            r.done()
+            if applied != n * devices:
+                raise HilError(f"{self.link.url}: board applied {applied} pulses, expected {n} x {devices}")
+            total += applied
+            count -= n
+        return total
 
     def read_codes(self, selection: int = p.SEL_ALL, row: int = 0, col: int = 0) -> tuple[np.ndarray, float, float]:
         """(int16 codes, offset S, scale S per code): conductance = offset + code * scale."""
-        r = p.Reader(self.link.request(p.READ, struct.pack("<BHH", selection, row, col)), "read")
+        devices = self._selected(selection, row, col)
+        r = self._answer(self.link.request(p.READ, struct.pack("<BHH", selection, row, col)), "read")
         offset, scale, n = r.take("ddH")
         codes = r.array("<i2", n)
         r.done()
+        if n != devices or not (np.isfinite(offset) and np.isfinite(scale) and scale > 0):
+            raise HilError(f"{self.link.url}: malformed read answer ({n} codes for {devices} devices, offset "
+                           f"{offset:g} S, scale {scale:g} S)")
         return codes, offset, scale
 
     def read_conductance(self, row: int, col: int) -> float:
@@ -304,7 +526,7 @@ class SerialBoard:
     def board_counters(self) -> dict[str, int]:
         from firmware_model.controller import COUNTER_NAMES
 
-        r = p.Reader(self.link.request(p.READ_COUNTERS), "read-counters")
+        r = self._answer(self.link.request(p.READ_COUNTERS), "read-counters")
         n = r.take("B")
         values = r.array("<i8", n)
         r.done()
@@ -314,7 +536,7 @@ class SerialBoard:
         return {name: int(v) for name, v in zip(COUNTER_NAMES, values)}
 
     def reset_counters(self) -> None:
-        self.link.request(p.RESET_COUNTERS)
+        self._answer(self.link.request(p.RESET_COUNTERS), "reset-counters").done()
         for t in self.tiles:
             t.pulses[:] = 0
 
@@ -371,12 +593,12 @@ class SerialBoard:
         q = vec * (dac_max / (nm * t.periphery.inp_bound))
         codes = np.clip(_round_half_away(q), -dac_max, dac_max)
         body = self._region(t) + codes.astype("<i2").tobytes()
-        r = p.Reader(self.link.request(p.BACKWARD if transpose else p.FORWARD, body), "mvm")
+        r = self._answer(self.link.request(p.BACKWARD if transpose else p.FORWARD, body), "mvm")
         scale, n = r.take("dH")
         out = r.array("<i2", n)
         r.done()
-        if n != n_out:
-            raise HilError(f"{self.link.url}: board returned {n} outputs, expected {n_out}")
+        if n != n_out or not (np.isfinite(scale) and scale > 0):
+            raise HilError(f"{self.link.url}: malformed mvm answer ({n} outputs, expected {n_out}; scale {scale:g})")
         return out.astype(np.float64) * (scale * nm)
 
     def forward(self, tile, x):
@@ -407,7 +629,12 @@ class SerialBoard:
             while remaining.any():  # more than 127 pulses: several UPDATEs, each within int8
                 step = np.clip(remaining, -127, 127)
                 remaining -= step
-                total += struct.unpack("<I", self.link.request(p.UPDATE, region + step.astype(np.int8).tobytes()))[0]
+                r = self._answer(self.link.request(p.UPDATE, region + step.astype(np.int8).tobytes()), "update")
+                applied = r.take("I")
+                r.done()
+                if applied != int(np.abs(step).sum()):
+                    raise HilError(f"{self.link.url}: board applied {applied} pulses, expected {np.abs(step).sum()}")
+                total += applied
         return total
 
     def update_mp(self, tile, x, d, lr, epsilon=None, epsilon_down=None):
