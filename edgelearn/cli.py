@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from ._version import __version__
-from .errors import EdgelearnError
+from .errors import EdgelearnError, EdgelearnWarning
 
 
 def _trace_options(parser: argparse.ArgumentParser) -> None:
@@ -99,19 +100,52 @@ def cmd_trace_import(args) -> int:
     return 0
 
 
+def _output_dir(path, option: str = "--out") -> None:
+    """Refuse at once (before any work) an output directory that is a file, or lies below one."""
+    if path is None:
+        return
+    for part in (Path(path), *Path(path).parents):
+        if part.exists():
+            if not part.is_dir():
+                raise EdgelearnError(f"{option} {path}: " + ("exists and is not a directory" if part == Path(path)
+                                                             else f"{part} is a file, not a directory"))
+            return
+
+
+# TrainConfig fields set by options of another name (the rest: --field-name)
+_TRAIN_OPTIONS = {"max_tile_rows": "--max-tile", "max_tile_cols": "--max-tile"}
+
+
+def _options_error(exc, options: dict) -> EdgelearnError:
+    """The first problem of a pydantic ValidationError of a config built from command-line options, as one line
+    naming the option: '--epochs: expected a number >= 1, got 0'."""
+    from .errors import error_message
+
+    err = exc.errors()[0]
+    name = str(err["loc"][0]) if err["loc"] else ""
+    option = options.get(name, "--" + name.replace("_", "-") if name else "options")
+    return EdgelearnError(f"{option}: {error_message(err)}")
+
+
 def cmd_train(args) -> int:
+    from pydantic import ValidationError
+
     from .train import TrainConfig, train
 
     if args.data_dir is None:
         raise EdgelearnError("--data-dir: give the directory holding the four MNIST IDX files "
                              "(train-images-idx3-ubyte.gz, ...)")
-    config = TrainConfig(card=args.card, algorithm=args.algorithm, network=args.network, activation=args.activation,
-                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step,
-                         lr_gamma=args.lr_gamma, seed=args.seed, max_train_samples=args.max_train_samples,
-                         data_dir=args.data_dir, epsilon=args.epsilon, epsilon_down=args.epsilon_down,
-                         deterministic=args.deterministic, max_tile_rows=args.max_tile,
-                         max_tile_cols=args.max_tile)
-    result = train(config, out=args.out, resume=args.resume, progress=not args.quiet)
+    try:
+        config = TrainConfig(card=args.card, algorithm=args.algorithm, network=args.network,
+                             activation=args.activation, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             lr_step=args.lr_step, lr_gamma=args.lr_gamma, seed=args.seed,
+                             max_train_samples=args.max_train_samples, data_dir=args.data_dir, epsilon=args.epsilon,
+                             epsilon_down=args.epsilon_down, deterministic=args.deterministic,
+                             max_tile_rows=args.max_tile, max_tile_cols=args.max_tile)
+    except ValidationError as exc:
+        raise _options_error(exc, _TRAIN_OPTIONS) from None
+    _output_dir(args.out)
+    result = train(config, out=args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     last = result.epochs[-1]
     summary = dict(card_id=result.card_id, algorithm=config.algorithm, epochs=len(result.epochs),
                    validation_accuracy=last.validation_accuracy, test_accuracy=result.test_accuracy,
@@ -194,6 +228,7 @@ def cmd_run(args) -> int:
                      label_rate=args.label_rate, lr=args.lr, seed=args.seed, energy_model=args.energy_model,
                      rate_hz=args.rate_hz, duration_s=args.duration_s)
     config = load_run_config(args.config, overrides)
+    _output_dir(args.out)
     result = run_stream(config, progress=not args.quiet)
     if args.out:
         write_outputs(result, args.out)
@@ -217,19 +252,23 @@ def cmd_board_emulator(args) -> int:
     from .devices import load_card
 
     cards = [load_card(c) for c in args.card]
-    for name, value in (("--fault-drop", args.fault_drop), ("--fault-corrupt", args.fault_corrupt)):
-        if not 0.0 <= value < 1.0:
-            raise EdgelearnError(f"{name}: expected a probability in [0, 1), got {value}")
-    if args.fault_delay_ms < 0:
-        raise EdgelearnError(f"--fault-delay-ms: expected >= 0, got {args.fault_delay_ms}")
+    if args.tcp is not None and not 0 <= args.tcp <= 65535:
+        raise EdgelearnError(f"--tcp: expected a port number 0..65535 (0: any free port), got {args.tcp}")
+    for name, value, low, high in (("--rows", args.rows, 1, 1024), ("--cols", args.cols, 1, 1024),
+                                   ("--lease-s", args.lease_s, 0.1, 86400.0),
+                                   ("--idle-timeout-s", args.idle_timeout_s, 0.1, 86400.0)):
+        if not low <= value <= high:
+            raise EdgelearnError(f"{name}: expected {low:g}..{high:g}, got {value:g}")
     try:
-        firmware = BoardFirmware(cards, args.rows, args.cols, seed=args.seed, ideal=args.ideal)
+        faults = Faults(args.fault_drop, args.fault_corrupt, args.fault_delay_ms, seed=args.fault_seed,
+                        spike_ms=args.fault_spike_ms, spike_rate=args.fault_spike_rate,
+                        first_delay_ms=args.fault_first_delay_ms)
+        firmware = BoardFirmware(cards, args.rows, args.cols, seed=args.seed, ideal=args.ideal, lease_s=args.lease_s)
     except ValueError as exc:
-        raise EdgelearnError(str(exc)) from None
-    faults = Faults(args.fault_drop, args.fault_corrupt, args.fault_delay_ms, seed=args.fault_seed)
+        raise EdgelearnError(str(exc).replace("fault ", "--fault-").replace("_", "-")) from None
     try:
         emulator = BoardEmulator(firmware, faults, transport="tcp" if args.tcp is not None else "pty",
-                                 port=args.tcp or 0)
+                                 port=args.tcp or 0, idle_timeout_s=args.idle_timeout_s)
     except OSError as exc:
         raise EdgelearnError(f"cannot open the emulator's port ({exc.strerror or exc})") from None
     print(emulator.url, flush=True)
@@ -267,24 +306,81 @@ def cmd_hil_identify(args) -> int:
 
 
 def cmd_hil_characterize(args) -> int:
-    from .hil import characterize
+    from .hil import characterize, resume_characterization
+    from .hil.lab import journal_path
     from .hil.serial_board import parse_width_ns
 
-    width = parse_width_ns(args.pulse_width)
-    with _board(args) as board:
-        if width not in board.info.pulse_widths_ns:
-            raise EdgelearnError(f"{args.port}: the board does not support {width} ns pulses (it has "
-                                 f"{', '.join(f'{w} ns' for w in board.info.pulse_widths_ns)})")
-        bar = _progress(2 * args.pulses * args.cycles, "characterise", args.quiet)
-        trace = characterize(board, width, args.pulses, args.cycles, args.amplitude, args.row, args.col,
-                             progress=bar.update if bar is not None else None)
-        stats = board.link.stats
+    output = Path(args.output)
+    if output.is_dir():
+        raise EdgelearnError(f"-o {output}: is a directory, expected a trace CSV file name")
+    if not output.parent.is_dir():
+        raise EdgelearnError(f"-o {output}: the directory {output.parent} does not exist")
+    journal = journal_path(output)
+    width = parse_width_ns(args.pulse_width) if args.pulse_width else None
+    if not args.resume and width is None:
+        raise EdgelearnError("--pulse-width is required (e.g. 20ns), unless --resume continues a journal")
+    bar = None
+    try:
+        with _board(args) as board:
+            if args.resume:
+                _check_resume_options(args, journal, width)
+                done = _journal_rows(journal)
+                total = 2 * json.loads(_journal_plan(journal))["pulses"] * json.loads(_journal_plan(journal))["cycles"]
+                bar = _progress(total, "characterise", args.quiet, initial=done)
+                trace = resume_characterization(board, journal, progress=bar.update if bar is not None else None)
+            else:
+                pulses = 200 if args.pulses is None else args.pulses
+                cycles = 2 if args.cycles is None else args.cycles
+                bar = _progress(2 * pulses * cycles, "characterise", args.quiet)
+                trace = characterize(board, width, pulses, cycles, args.amplitude, args.row or 0, args.col or 0,
+                                     progress=bar.update if bar is not None else None, journal=journal)
+            stats = board.link.stats
+    except (EdgelearnError, KeyboardInterrupt) as exc:
+        if bar is not None:
+            bar.close()
+        if journal.exists() and _journal_rows(journal) > 0:
+            what = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
+            raise EdgelearnError(f"{what}; the {_journal_rows(journal)} pulses measured so far are in {journal} (a "
+                                 f"trace CSV): rerun with --resume to continue") from None
+        raise
     if bar is not None:
         bar.close()
-    trace.to_csv(args.output)
-    print(f"wrote {args.output}: {len(trace)} pulses at {width} ns ({stats.requests} commands, {stats.retries} "
-          f"retries)")
+    trace.to_csv(output)
+    journal.unlink(missing_ok=True)
+    print(f"wrote {output}: {len(trace)} pulses at {trace.meta.pulse_width_s * 1e9:g} ns ({stats.requests} commands, "
+          f"{stats.retries} resends)")
     return 0
+
+
+def _journal_plan(journal: Path) -> str:
+    for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("# hil_plan"):
+            return line.partition("=")[2].strip()
+    raise EdgelearnError(f"{journal}: not a characterisation journal (no hil_plan header)")
+
+
+def _journal_rows(journal: Path) -> int:
+    try:
+        lines = journal.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return 0
+    return max(0, sum(1 for line in lines if line and not line.startswith("#")) - 1)
+
+
+def _check_resume_options(args, journal: Path, width) -> None:
+    """--resume continues the journal's plan: options given explicitly must agree with it."""
+    if not journal.exists():
+        raise EdgelearnError(f"--resume: no interrupted characterisation in {journal}")
+    try:
+        plan = json.loads(_journal_plan(journal))
+    except (ValueError, TypeError):
+        raise EdgelearnError(f"{journal}: its hil_plan header is not valid JSON") from None
+    given = {"width_ns": width, "pulses": args.pulses, "cycles": args.cycles, "row": args.row, "col": args.col,
+             "amplitude_mv": None if args.amplitude is None else int(round(abs(args.amplitude) * 1000))}
+    for key, value in given.items():
+        if value is not None and plan.get(key) != value:
+            raise EdgelearnError(f"--resume: {journal} was started with {key} = {plan.get(key)}, this command asks "
+                                 f"for {value} (leave the option out to continue the journal's plan)")
 
 
 def cmd_hil_compare(args) -> int:
@@ -331,19 +427,34 @@ def cmd_sweep_run(args) -> int:
     spec = load_spec(args.spec)
     if args.jobs is not None and args.jobs < 1:
         raise EdgelearnError(f"--jobs: expected a positive number of workers, got {args.jobs}")
+    if args.scheduler:
+        from .sweep import check_scheduler
+
+        check_scheduler(args.scheduler)
+    _output_dir(args.out)
     result = run_sweep(spec, args.out, jobs=args.jobs, scheduler=args.scheduler, progress=not args.quiet,
                        spec_text=spec_path(args.spec).read_text())
     if args.json:
         print(result.to_json())
     else:
         print(f"sweep {spec.name}: {result.planned} runs, {result.already_complete} already complete, "
-              f"{result.completed} completed now, {len(result.failed)} failed ({result.backend}, {result.workers} "
+              f"{result.completed} completed now, {len(result.failed)} failed"
+              + (f", {len(result.busy)} busy" if result.busy else "") + f" ({result.backend}, {result.workers} "
               f"workers, {result.wall_s:.0f} s); report: edgelearn sweep report {args.out}")
     for failure in result.failed:
         print(f"edgelearn: run {failure['key']} {json.dumps(failure['axes'])} failed after {failure['attempts']} "
               f"attempt(s): {failure['error']} (config and traceback: {args.out}/runs/{failure['key']}/error.json)",
               file=sys.stderr)
-    return 1 if result.failed else 0
+    for busy in result.busy:
+        print(f"edgelearn: run {busy['key']} {json.dumps(busy['axes'])} skipped: {busy['error']}", file=sys.stderr)
+    for restart in result.restarted:
+        print(f"edgelearn: warning: run {restart['key']} {json.dumps(restart['axes'])}: {restart['reason']}",
+              file=sys.stderr)
+    if result.failed or result.busy:
+        print(f"edgelearn: {len(result.failed)} of {result.planned} runs failed"
+              + (f", {len(result.busy)} skipped as busy" if result.busy else "")
+              + "; run the same command again to retry only those", file=sys.stderr)
+    return 1 if result.failed or result.busy else 0
 
 
 def cmd_sweep_report(args) -> int:
@@ -376,18 +487,21 @@ def cmd_sweep_plan(args) -> int:
     return 0
 
 
-def _progress(total, desc, quiet):
+def _progress(total, desc, quiet, initial=0):
     if quiet:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="pulse" if total else "sample", leave=False, file=sys.stderr)
+    return tqdm(total=total, desc=desc, unit="pulse" if total else "sample", leave=False, file=sys.stderr,
+                initial=initial)
 
 
 def _link_options(parser) -> None:
     parser.add_argument("--port", required=True, help="pyserial URL: /dev/ttyACM0, /dev/pts/N, socket://host:port")
-    parser.add_argument("--timeout", type=float, default=1.0, help="seconds per attempt (default 1)")
-    parser.add_argument("--retries", type=int, default=10, help="resends of an unanswered command (default 10)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds one command may take, every resend "
+                        "included (default 30; resends follow an adaptive per-command timeout)")
+    parser.add_argument("--retries", type=int, default=None, help="cap on the resends of one command (default: none, "
+                        "only --timeout limits them)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -445,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr_.add_argument("--max-tile", type=int, default=1024, help="largest tile side; larger layers are split")
     tr_.add_argument("--out", help="directory for metrics.csv, summary.json and checkpoints")
     tr_.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    tr_.add_argument("--overwrite", action="store_true",
+                     help="replace the run already in --out (without it, an existing run is refused)")
     tr_.add_argument("--quiet", action="store_true", help="no progress bars")
     tr_.add_argument("--json", action="store_true", help="print the summary as JSON")
     tr_.set_defaults(func=cmd_train)
@@ -501,7 +617,15 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--fault-drop", type=float, default=0.0, help="probability that a byte is lost (each way)")
     emu.add_argument("--fault-corrupt", type=float, default=0.0, help="probability that a byte has a bit flipped")
     emu.add_argument("--fault-delay-ms", type=float, default=0.0, help="delay before every response")
+    emu.add_argument("--fault-spike-ms", type=float, default=0.0, help="latency spike added to a response ...")
+    emu.add_argument("--fault-spike-rate", type=float, default=0.0, help="... with this probability per response")
+    emu.add_argument("--fault-first-delay-ms", type=float, default=0.0, help="extra delay of the board's first response "
+                     "(a board slow to come up)")
     emu.add_argument("--fault-seed", type=int, default=0, help="seed of the fault draws (independent of --seed)")
+    emu.add_argument("--lease-s", type=float, default=10.0, help="a host that sent nothing for this long no longer "
+                     "holds the board (default 10)")
+    emu.add_argument("--idle-timeout-s", type=float, default=60.0, help="TCP: close a connection idle this long "
+                     "(default 60)")
     emu.set_defaults(func=cmd_board_emulator)
 
     hil = top.add_parser("hil", help="drive a test board (or the board emulator) over a serial link")
@@ -513,13 +637,16 @@ def build_parser() -> argparse.ArgumentParser:
     ch = hs.add_parser("characterize", help="pulse trains with reads on one device -> a trace CSV (fit it with "
                        "edgelearn device fit)")
     _link_options(ch)
-    ch.add_argument("--pulse-width", required=True, help="e.g. 20ns, 2us, 200us")
-    ch.add_argument("--pulses", type=int, default=200, help="pulses per train (default 200)")
-    ch.add_argument("--cycles", type=int, default=2, help="down-then-up cycles (default 2)")
+    ch.add_argument("--pulse-width", help="e.g. 20ns, 2us, 200us (required unless --resume)")
+    ch.add_argument("--pulses", type=int, help="pulses per train (default 200)")
+    ch.add_argument("--cycles", type=int, help="down-then-up cycles (default 2)")
     ch.add_argument("--amplitude", type=float, help="pulse amplitude in volts (default: the top of the board's range)")
-    ch.add_argument("--row", type=int, default=0)
-    ch.add_argument("--col", type=int, default=0)
-    ch.add_argument("-o", "--output", required=True, help="trace CSV to write")
+    ch.add_argument("--row", type=int, help="device row (default 0)")
+    ch.add_argument("--col", type=int, help="device column (default 0)")
+    ch.add_argument("-o", "--output", required=True, help="trace CSV to write; while it runs, every measured pulse is "
+                    "kept in OUTPUT.partial")
+    ch.add_argument("--resume", action="store_true", help="continue the interrupted characterisation kept in "
+                    "OUTPUT.partial (same board, same device)")
     ch.add_argument("--quiet", action="store_true")
     ch.set_defaults(func=cmd_hil_characterize)
     cmp_ = hs.add_parser("compare", help="replay one pulse schedule on the board and the emulator; trajectory error")
@@ -575,6 +702,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """EdgelearnWarnings as one line, like errors; any other warning as Python prints it."""
+    if issubclass(category, EdgelearnWarning):
+        print(f"edgelearn: warning: {message}", file=sys.stderr, flush=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -583,10 +718,16 @@ def main(argv: list[str] | None = None) -> int:
 
         args.smoothing = DEFAULT_SMOOTHING
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", EdgelearnWarning)
+            warnings.showwarning = _show_warning
+            return args.func(args)
     except EdgelearnError as exc:
         print(f"edgelearn: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("edgelearn: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         return 0
 
