@@ -334,6 +334,23 @@ class BoardFirmware:
         return b""
 
 
+def warm_up(card: DeviceCard) -> None:
+    """Run every kernel once on a scratch 2 x 2 board, so numba compiles (or loads from its cache) before the board
+    answers its first host: a real board is ready when it enumerates, not seconds into its first command."""
+    fw = BoardFirmware([card], 2, 2)
+    width_ns = int(round(card.pulse_width_s * 1e9))
+    low, high = fw._amplitude_range_mv(card)
+    region = p.REGION.pack(0, 2, 0, 2)
+    for k, (command, body) in enumerate([
+            (p.CONFIGURE_PULSE, struct.pack("<Ih", width_ns, high)),
+            (p.APPLY_PULSES, struct.pack("<BHHbH", p.SEL_ALL, 0, 0, p.UP, 1)),
+            (p.UPDATE, region + bytes([1, 255, 0, 1])),
+            (p.FORWARD, region + struct.pack("<2h", 10, -10)),
+            (p.BACKWARD, region + struct.pack("<2h", 10, -10)),
+            (p.READ, struct.pack("<BHH", p.SEL_ALL, 0, 0))]):
+        fw.handle(p.Message(p.PROTOCOL_VERSION, k + 1, command, 0, body).pack())
+
+
 # ---------------------------------------------------------------------------------------------------- the cable
 
 @dataclass

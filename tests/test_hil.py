@@ -204,7 +204,7 @@ def test_big_updates_are_split_into_frames(card):
     """A 130 x 130 tile's update does not fit one frame (16 900 count bytes): it goes as row bands, and counts above
     127 as several int8 updates; the board applies exactly the matrix sent."""
     fw = BoardFirmware([card], 130, 130, seed=0)
-    board = SerialBoard(link=SerialLink("fake://", timeout=0.5, port=ScriptedPort(fw)))
+    board = SerialBoard(link=SerialLink("fake://", port=ScriptedPort(fw)))
     tile = board.add_tile(card, 130, 130)
     counts = np.random.default_rng(0).integers(-3, 4, (130, 130))
     counts[5, 7] = 300
@@ -244,7 +244,7 @@ def test_characterise_and_fit_recovers_the_card(card):
     and symmetry point match the emulator's card within 10 % (in conductance: a trace's w scale is its own mean and
     range, so the comparison is made in siemens, the symmetry point against the card's conductance span)."""
     with BoardEmulator(BoardFirmware([card], 4, 4, seed=2, ideal=True)) as emu:
-        with SerialBoard(emu.url, timeout=0.5) as board:
+        with SerialBoard(emu.url) as board:
             trace = characterize(board, 20, pulses=150, cycles=2, row=1, col=2)
     assert len(trace) == 600 and set(np.unique(trace.polarity)) == {-1, 1}
     fitted = fit_device(trace)
@@ -262,7 +262,7 @@ def test_characterise_and_fit_recovers_the_card(card):
 
 def test_compare_on_a_noise_free_board_is_exact(card):
     with BoardEmulator(BoardFirmware([card], 4, 4, seed=3, ideal=True)) as emu:
-        with SerialBoard(emu.url, timeout=0.5) as board:
+        with SerialBoard(emu.url) as board:
             board.configure_pulse(20, 5000)
             board.apply_pulses(3, 3, p.UP, 17)  # start somewhere else than the emulator's twin
             result = compare(board, card, pulses=60, cycles=2, row=3, col=3)
@@ -305,7 +305,7 @@ def test_serial_board_matches_the_in_process_tile(card):
         update={"noise_management": "abs_max"}))
     rng = np.random.default_rng(0)
     with BoardEmulator(fw) as emu:
-        with SerialBoard(emu.url, timeout=0.5) as board:
+        with SerialBoard(emu.url) as board:
             board.add_tile(card, 2, 9)  # occupies rows 0-1
             t = board.add_tile(card, 3, 7)  # rows 2-4, columns 0-6
             start = rng.uniform(-0.5, 0.5, (3, 7))
@@ -356,7 +356,7 @@ def test_train_a_layer_on_the_board(card):
 
     c170 = load_card("ID170ZR5000-20ns")
     with BoardEmulator(BoardFirmware([c170], 8, 32, seed=1)) as emu:
-        with SerialBoard(emu.url, timeout=0.5) as board:
+        with SerialBoard(emu.url) as board:
             result = train_on_board(board, c170, epochs=2, lr=0.5, batch=8, seed=0)
             host = board.counters()
     assert result.sizes == [30, 4] and len(result.train_accuracy) == 2
