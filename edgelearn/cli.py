@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import warnings
 from pathlib import Path
+
+import numpy as np
 
 from ._version import __version__
 from .errors import EdgelearnError, EdgelearnWarning
@@ -29,7 +32,7 @@ def _print_table(rows: dict) -> None:
     width = max(len(k) for k in rows)
     for key, value in rows.items():
         if isinstance(value, float):
-            value = f"{value:.6g}"
+            value = f"{value:.6g}" if value == value else "-"  # NaN (nothing to measure): a dash, as in JSON null
         print(f"{key:<{width}}  {value}")
 
 
@@ -221,12 +224,30 @@ def cmd_budget(args) -> int:
     return 0
 
 
+def _list_run_configs() -> int:
+    """The shipped configs of `edgelearn run`: name, what it is for, and the file to copy and edit."""
+    from .continual import bundled_configs, config_description
+
+    configs = bundled_configs()
+    if not configs:
+        raise EdgelearnError("no shipped configs found (edgelearn.bundled/configs): reinstall edgelearn")
+    width = max(len(name) for name in configs)
+    for name, path in configs.items():
+        print(f"{name:<{width}}  {config_description(path)}")
+        print(f"{'':<{width}}  {path}")
+    print("run one with --config NAME; to change one, copy its file (cp FILE my.toml) and run --config my.toml")
+    return 0
+
+
 def cmd_run(args) -> int:
     from .continual import load_run_config, run_stream, write_outputs
 
+    if args.list_configs:
+        return _list_run_configs()
     overrides = dict(source=args.source, path=args.path, card=args.card, algorithm=args.algorithm,
                      label_rate=args.label_rate, lr=args.lr, seed=args.seed, energy_model=args.energy_model,
-                     rate_hz=args.rate_hz, duration_s=args.duration_s)
+                     rate_hz=args.rate_hz, duration_s=args.duration_s, pretrain_path=args.pretrain_path,
+                     header=args.header)
     config = load_run_config(args.config, overrides)
     _output_dir(args.out)
     result = run_stream(config, progress=not args.quiet)
@@ -235,10 +256,21 @@ def cmd_run(args) -> int:
     if args.json:
         print(result.to_json())
         return 0
+    pre = result.pretrain.get("train_accuracy")
+    lo, hi = (list(result.gain_interval) + [float("nan"), float("nan")])[:2]
     _print_table({"card": result.card_id, "algorithm": config.algorithm, "stream (s)": result.stream_seconds,
-                  "windows": result.windows, "learning steps": result.learning_steps,
+                  "sensor": "turned 90 degrees about z (moved_sensor)" if config.moved_sensor else "as recorded",
+                  "front end": _front_end_text(result.pretrain.get("normalisation")),
+                  "windows streamed": result.windows, "learning steps": result.learning_steps,
+                  "pre-training accuracy (in-sample)": "-" if pre is None else pre,
                   "prequential accuracy": result.prequential_accuracy,
+                  "prequential accuracy, control arm": result.control_prequential_accuracy,
+                  "held-out windows": result.held_out_windows,
+                  "chance (commonest held-out class)": result.chance_accuracy,
                   "held-out accuracy before": result.accuracy_before, "held-out accuracy after": result.accuracy_after,
+                  "held-out accuracy after, control arm": result.control_accuracy_after,
+                  "adaptation gain (learning - control)": f"{result.gain:+.3f}, 95 % interval [{lo:+.3f}, {hi:+.3f}]"
+                  if np.isfinite(result.gain) else "- (no labelled held-out window)",
                   "pulses": result.pulses, f"energy per window (J, {result.energy_model})": result.energy_per_window_j,
                   "energy per day (J)": result.energy_per_day_j, "real-time factor": result.real_time_factor})
     if args.out:
@@ -246,8 +278,14 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _front_end_text(norm) -> str:
+    if isinstance(norm, dict) and norm.get("mode") == "factory":
+        return f"features normalised at the factory ({norm.get('windows')} pre-training windows)"
+    return "fixed scaling (features / sensor full scale)"
+
+
 def cmd_board_emulator(args) -> int:
-    from firmware_model.board import BoardEmulator, BoardFirmware, Faults
+    from firmware_model.board import BoardEmulator, BoardFirmware, Faults, warm_up
 
     from .devices import load_card
 
@@ -271,6 +309,7 @@ def cmd_board_emulator(args) -> int:
                                  port=args.tcp or 0, idle_timeout_s=args.idle_timeout_s)
     except OSError as exc:
         raise EdgelearnError(f"cannot open the emulator's port ({exc.strerror or exc})") from None
+    warm_up(cards[0])  # compile the kernels before the first host arrives, as a board boots before it enumerates
     print(emulator.url, flush=True)
     print(f"# {cards[0].device_id} {args.rows} x {args.cols}, widths "
           f"{', '.join(f'{w} ns' for w in firmware.cards)}, seed {args.seed}"
@@ -587,11 +626,16 @@ def build_parser() -> argparse.ArgumentParser:
     bu.set_defaults(func=cmd_budget)
 
     run = top.add_parser("run", help="continuous wearable learning on a sensor stream (default: BasicMotions)")
-    run.add_argument("--config", help="TOML file with any RunConfig fields (docs/architecture.md)")
+    run.add_argument("--config", help="TOML file with any RunConfig fields, or a shipped config's name: "
+                     "basicmotions, hapt, csv-template (--list-configs)")
+    run.add_argument("--list-configs", action="store_true", help="list the shipped configs and their files")
     run.add_argument("--source", choices=["basicmotions", "hapt", "csv", "serial"])
     run.add_argument("--path", help="hapt npz, csv stream file, or serial sensor URL (/dev/ttyACM0, socket://h:p)")
     run.add_argument("--rate-hz", type=float, help="csv/serial: sampling rate")
     run.add_argument("--duration-s", type=float, help="serial: stream time to read")
+    run.add_argument("--pretrain-path", help="csv/serial: a labelled CSV file to pre-train on")
+    run.add_argument("--header", help="csv/serial: the stream's header line when it sends none (a sensor already "
+                     "streaming), e.g. 'time_s,acc_x,acc_y,acc_z,label'")
     run.add_argument("--card")
     run.add_argument("--algorithm", choices=["mp", "sgd", "sp-shift"])
     run.add_argument("--label-rate", type=float, help="fraction of windows whose label arrives")
@@ -710,6 +754,14 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
+class _StatusLines(logging.Handler):
+    """The library's status lines (loggers under 'edgelearn', INFO and up) on stderr, one plain line each, so that
+    stdout holds only the result (`--json`) and a log stays readable; --quiet leaves them out."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"edgelearn: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -717,6 +769,11 @@ def main(argv: list[str] | None = None) -> int:
         from .devices import DEFAULT_SMOOTHING
 
         args.smoothing = DEFAULT_SMOOTHING
+    status, logger = _StatusLines(), logging.getLogger("edgelearn")
+    level = logger.level
+    if not getattr(args, "quiet", False):
+        logger.addHandler(status)
+        logger.setLevel(logging.INFO)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", EdgelearnWarning)
@@ -730,6 +787,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    finally:
+        logger.removeHandler(status)
+        logger.setLevel(level)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, replace
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from firmware_model import crossbar
 
 from ._version import __version__
-from .errors import EdgelearnError, EdgelearnWarning, InputError, error_field, error_message, read_text_file
+from .errors import (EdgelearnError, EdgelearnWarning, InputError, bundled_files, error_field, error_message,
+                     read_text_file)
 from .traces import Trace, TraceMeta, write_atomically
 
 CARD_FORMAT = "edgelearn-card/1"
@@ -273,11 +273,7 @@ def load_card(path_or_name: str | Path) -> DeviceCard:
 
 def bundled_cards() -> dict[str, Path]:
     """Cards shipped with the package (fitted by tools/fit_cards.py from the LBE247 traces), by card id."""
-    try:
-        root = Path(str(resources.files("edgelearn.bundled"))) / "cards"
-    except ModuleNotFoundError:  # imported from a source checkout next to an installed copy: use the checkout's cards
-        root = Path(__file__).resolve().parent.parent / "traces" / "cards"
-    return {p.stem: p for p in sorted(root.glob("*.json"))}
+    return bundled_files("cards", "*.json")
 
 
 def bundled_card_path(name: str) -> Path:

@@ -113,3 +113,16 @@ def validation_error(source, exc, default_field: str = "config", suffix: str = "
     err = exc.errors()[0]
     message = error_message(err, show_input=not suffix)  # a suffix (a sweep's run values) already shows it
     return InputError(source, message + suffix, field=error_field(err["loc"], default_field))
+
+
+def bundled_files(folder: str, pattern: str) -> dict:
+    """Files shipped with the package under traces/FOLDER (installed as edgelearn.bundled), by stem: cards, sweep
+    specs, run configs. From a source checkout without an installed copy, the checkout's files."""
+    from importlib import resources
+    from pathlib import Path
+
+    try:
+        root = Path(str(resources.files("edgelearn.bundled"))) / folder
+    except ModuleNotFoundError:
+        root = Path(__file__).resolve().parent.parent / "traces" / folder
+    return {p.stem: p for p in sorted(root.glob(pattern))}

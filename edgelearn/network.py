@@ -74,9 +74,12 @@ def _blocks(n: int, size: int) -> list[slice]:
 
 
 class AnalogLayer:
-    """One layer on a grid of tiles of one card, on a board (any backend of the Board API)."""
+    """One layer on a grid of tiles of one card, on a board (any backend of the Board API). `output_scale` is a
+    digital factor the controller applies to the layer's digitised output (1 unless digitally trained weights were
+    programmed as w / output_scale to fit the card's range; see Network.gradients)."""
 
     analog = True
+    output_scale = 1.0
 
     def __init__(self, board, card: DeviceCard, n_in: int, n_out: int, *, seed: int, max_tile_rows: int,
                  max_tile_cols: int, references: bool = False, periphery: PeripheryConfig | None = None,
@@ -138,6 +141,7 @@ class DigitalLayer:
     """The same layer in float64 (the digital baseline): exact products, no converters, no noise."""
 
     analog = False
+    output_scale = 1.0
 
     def __init__(self, n_in: int, n_out: int):
         self.n_in, self.n_out = n_in + 1, n_out
@@ -216,6 +220,8 @@ class Network:
         for k, layer in enumerate(self.layers):
             a_in = np.concatenate([a, np.ones((a.shape[0], 1))], axis=1)
             z = layer.forward(a_in)
+            if layer.output_scale != 1.0:
+                z = z * layer.output_scale
             inputs.append(a_in)
             if k < len(self.layers) - 1:
                 a = self.f(z)
@@ -226,7 +232,9 @@ class Network:
 
     def gradients(self, xs: np.ndarray, labels: np.ndarray):
         """Forward and backward of one mini-batch: (loss, correct, per-layer (inputs, deltas)); deltas are
-        d(mean NLL)/d(layer output), all computed before any weight changes."""
+        d(mean NLL)/d(layer output), all computed before any weight changes. For a layer with an output scale s (its
+        weights w stored as w / s), the delta handed to the update is divided by s, so that an update of lr moves the
+        effective weights s * (w / s) as it would move w, and the backward pass goes through s * (w / s)."""
         logits, inputs, hidden = self.forward(xs)
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
@@ -238,9 +246,11 @@ class Network:
         delta /= batch
         deltas = [None] * len(self.layers)
         for k in range(len(self.layers) - 1, -1, -1):
-            deltas[k] = delta
+            s = self.layers[k].output_scale
+            deltas[k] = delta if s == 1.0 else delta / s
             if k > 0:
-                delta = self.layers[k].backward(delta)[:, :-1] * self.df(hidden[k - 1])
+                back = self.layers[k].backward(delta)[:, :-1]
+                delta = (back if s == 1.0 else back * s) * self.df(hidden[k - 1])
         return loss, correct, list(zip(inputs, deltas))
 
     def predict(self, xs: np.ndarray, batch: int = 1000) -> np.ndarray:
@@ -259,11 +269,15 @@ class Network:
                     yield tile
 
     def state_dict(self) -> dict:
+        """Every layer's arrays; `layerK.output_scale` only where a layer carries a scale other than 1."""
         out = {}
         for k, layer in enumerate(self.layers):
             out.update(layer.state_dict(f"layer{k}"))
+            if layer.output_scale != 1.0:
+                out[f"layer{k}.output_scale"] = np.array(layer.output_scale)
         return out
 
     def load_state_dict(self, data: dict) -> None:
         for k, layer in enumerate(self.layers):
             layer.load_state_dict(data, f"layer{k}")
+            layer.output_scale = float(data.get(f"layer{k}.output_scale", 1.0))

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import EdgelearnError, InputError, read_toml, validation_error
+from .errors import EdgelearnError, InputError, bundled_files, read_toml, validation_error
 from .runlock import RunBusy, run_lock
 from .traces import write_atomically
 
@@ -60,13 +60,7 @@ class PlannedRun:
 
 def bundled_specs() -> dict[str, Path]:
     """The shipped sweep specs (traces/sweeps/*.toml, installed as edgelearn.bundled), by name."""
-    from importlib import resources
-
-    try:
-        root = Path(str(resources.files("edgelearn.bundled"))) / "sweeps"
-    except ModuleNotFoundError:  # a source checkout without an installed copy: the checkout's specs
-        root = Path(__file__).resolve().parent.parent / "traces" / "sweeps"
-    return {p.stem: p for p in sorted(root.glob("*.toml"))}
+    return bundled_files("sweeps", "*.toml")
 
 
 def spec_path(path_or_name: str | Path) -> Path:

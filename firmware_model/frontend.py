@@ -87,3 +87,59 @@ def decimate(codes, length, hop, factor, out):
             for k in range(per):
                 out[w, c * per + k] = codes[start + k * factor, c]
     return windows
+
+
+# Normalisation (issue 13): per-feature offset and scale computed at the factory from the pre-training windows and
+# stored in the controller as integers. Q formats:
+#   feature   int32, in sensor codes (the output of window_features or decimate; |value| <= 32768)
+#   offset    int32, in sensor codes (the rounded pre-training mean of the feature)
+#   multiplier int32 >= 0 and shift 0..NORM_MAX_SHIFT: the scale multiplier / 2**shift, i.e. the multiplier is
+#             unsigned Q(shift); the factory keeps 15 significant bits (multiplier in [2**14, 2**15]) unless the
+#             shift would go negative (then shift 0 and the multiplier is the rounded scale)
+#   output    int16, Q1.15: the DAC input code (-32768 .. 32767 means -1 .. 1 - 2**-15 of the DAC range)
+# z = sat16(((feature - offset) * multiplier + 2**(shift - 1)) >> shift), the difference and the product in int64
+# (SMULL on the MCU; |difference| < 2**17 and multiplier < 2**31 keep the product below 2**48), the shift arithmetic
+# (floor), so with the added half the result is rounded half up; shift 0 adds nothing. A multiplier of 0 (a feature
+# constant over the pre-training data) gives 0.
+NORM_MAX_SHIFT = 47
+Q15_MIN = -32768
+Q15_MAX = 32767
+
+
+@njit(cache=True)
+def normalise(features, offset, multiplier, shift, out):
+    """out[w, f] = sat16(((features[w, f] - offset[f]) * multiplier[f] + round) >> shift[f]) for int32 features
+    [windows, n]; offset, multiplier, shift int32 [n]; out int16 [windows, n]. Returns the number of saturated
+    outputs."""
+    n_windows, n = features.shape
+    saturated = 0
+    for f in range(n):
+        o = np.int64(offset[f])
+        m = np.int64(multiplier[f])
+        s = np.int64(shift[f])
+        half = (np.int64(1) << (s - np.int64(1))) if s > 0 else np.int64(0)
+        for w in range(n_windows):
+            z = ((np.int64(features[w, f]) - o) * m + half) >> s
+            if z > Q15_MAX:
+                z = np.int64(Q15_MAX)
+                saturated += 1
+            elif z < Q15_MIN:
+                z = np.int64(Q15_MIN)
+                saturated += 1
+            out[w, f] = np.int16(z)
+    return saturated
+
+
+def normalise_reference(features, offset, multiplier, shift):
+    """The slow reference of `normalise` in Python integers (unbounded, floor shift): (out int16, saturated)."""
+    features = np.asarray(features)
+    out = np.zeros(features.shape, np.int16)
+    saturated = 0
+    for w in range(features.shape[0]):
+        for f in range(features.shape[1]):
+            s = int(shift[f])
+            z = ((int(features[w, f]) - int(offset[f])) * int(multiplier[f]) + ((1 << (s - 1)) if s else 0)) >> s
+            if z > Q15_MAX or z < Q15_MIN:
+                saturated += 1
+            out[w, f] = min(max(z, Q15_MIN), Q15_MAX)
+    return out, saturated

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from edgelearn.errors import InputError
+from edgelearn.errors import EdgelearnWarning, InputError
 from edgelearn.stream import FrontEndConfig, Recording, load_csv, load_hapt, to_codes, windows
 from firmware_model import frontend
 
@@ -139,7 +139,9 @@ def test_csv_stream_with_a_gap(tmp_path):
     rows += [f"{(k + 100) / 50:.4f},0.1,0.2,2" for k in range(40)]  # restarts 0.8 s later: a gap
     path = tmp_path / "s.csv"
     path.write_text(csv_text(rows))
-    recs = load_csv(path, rate_hz=50)
+    with pytest.warns(EdgelearnWarning, match=r"s\.csv: 1 gap\(s\) longer than 5 missing samples .* split the stream "
+                                              r"into 2 recordings"):
+        recs = load_csv(path, rate_hz=50)  # 39 samples missing: more than MAX_INTERPOLATED_GAP, so a split
     assert [r.samples.shape[0] for r in recs] == [60, 40]
     assert recs[0].labels[29] == 1 and recs[0].labels[30] == -1 and recs[1].labels[0] == 2
     assert recs[0].channels == ("acc_x", "acc_y")
@@ -150,7 +152,12 @@ def test_csv_stream_with_a_gap(tmp_path):
     (csv_text(["0,1,2,1"], header="t,acc_x,acc_y,label"), 50, r"s\.csv:1: first column must be 'time_s'"),
     (csv_text(["0,1,2,1", "0.02,x,2,1"]), 50, r"s\.csv:3: field 'acc_x': expected a number, got 'x'"),
     (csv_text(["0,1,2,1", "0.02,1,2"]), 50, r"s\.csv:3: expected 4 values, got 3"),
-    (csv_text(["0,1,2,1", "0.02,1,2,walk"]), 50, r"s\.csv:3: field 'label': expected an integer label"),
+    (csv_text(["0,1,2,1", "0.02,1,2,1.5"]), 50, r"s\.csv:3: field 'label': expected an integer label, a class name "
+                                                r"or nothing, got '1\.5'"),
+    (csv_text(["0,1,2,1", "0.02,1,2,-3"]), 50, r"s\.csv:3: field 'label': label -3: integer labels are 0\.\."),
+    (csv_text(["0,1,2", "0.02,1,2"], header="time_s,acc_x,acc_x"), 50, r"s\.csv:1: channel 'acc_x' appears twice"),
+    (csv_text(["0.02,1,2,1"], header="0,1,2,1"), 50,
+     r"s\.csv:1: no header: line 1 is a sample \('0,1,2,1'\); first column must be 'time_s': give the header"),
     (csv_text(["0,1,2,1", "0.0,1,2,1"]), 50, r"s\.csv:3: field 'time_s': time must increase"),
     (csv_text([f"{k / 100},1,2,1" for k in range(10)]), 50, r"s\.csv: field 'time_s': sampling rate 100 Hz, "
                                                               r"expected 50 Hz"),
