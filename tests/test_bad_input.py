@@ -21,28 +21,11 @@ import pytest
 
 from edgelearn.cli import main
 from edgelearn.devices import bundled_card_path
+from test_traces import SYN_DAT as DAT  # a small WGFMU file; the wgfmu rows rewrite the row of pulse 5
 
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "mnist"
 CARD = "ID170ZR5000-20ns"
 
-# A small WGFMU file (as in test_traces): 4 positive pulses then 3 negative ones; the row of pulse 5 is rewritten.
-DAT = """\
-test_date,test_time,device_name,device_id
-24.10.2024,10:49:37,,IDTEST
-groundWGFMU,pulseWGFMU,startVolage1,endVoltage1,startVolage2,endVoltage2,stepSize,riseTime,fallTime,pulseWidth,\
-pulseDelay,repetitions,measName
-SMU2,WGFMU1,1.0,1.3,-1.0,-1.2,0.1,2e-08,2e-08,2e-08,0.001,2.0,2em8s
-VStartPos (V),VEndPos (V),VStartNeg (V),VEndNeg (V),twidth (s),num_LTP,num_LTD
-1.0,1.3,-1.0,-1.2,2e-08,4,3
-Pulse Number,index,Pulse Amplitude (V),R_low (ohm),R_high (ohm)
-1,1,1.0,1000000.0,2000000.0
-2,2,1.1,1250000.0,2500000.0
-3,3,1.2,2000000.0,4000000.0
-4,4,1.3,2500000.0,5000000.0
-5,5,-1.0,2000000.0,4000000.0
-6,6,-1.1,1250000.0,2500000.0
-7,7,-1.2,1000000.0,2000000.0
-"""
 
 # our CSV trace format: 3 down then 3 up pulses
 TRACE_CSV = """\
@@ -151,10 +134,10 @@ CASES = [
      "--network: network '10-10' has 10 inputs and 10 outputs; MNIST needs 784 inputs", {}),
     ("train-lr-inf", lambda t: train_args(t, "--lr", "inf"), "--lr: expected a finite number, got inf", {}),
     ("wgfmu-r-low-1e-320-import", lambda t: ["trace", "import", write(t, "r.dat", DAT.replace(
-        "5,5,-1.0,2000000.0", "5,5,-1.0,1e-320")), "-o", str(t / "out.csv")],
+        "5,6,-1.0,2000000.0", "5,6,-1.0,1e-320")), "-o", str(t / "out.csv")],
      "field 'R_low (ohm)': 1e-320 ohm is not a plausible device resistance", {}),
     ("wgfmu-r-low-1e-320-fit", lambda t: ["device", "fit", write(t, "r.dat", DAT.replace(
-        "5,5,-1.0,2000000.0", "5,5,-1.0,1e-320")), "-o", str(t / "card.json")],
+        "5,6,-1.0,2000000.0", "5,6,-1.0,1e-320")), "-o", str(t / "card.json")],
      "not a plausible device resistance", {}),
     ("fit-smoothing-nan", lambda t: ["device", "fit", write(t, "t.csv", TRACE_CSV), "--smoothing", "nan", "-o",
                                      str(t / "card.json")], "smoothing: expected a finite number", {}),
