@@ -17,12 +17,13 @@ import numpy as np
 
 from .algorithms import make_algorithm
 from .devices import DeviceCard, bundled_cards, load_card
+from .endurance import endurance_of, endurance_report
 from .energy import EnergyModel, cost, unit_energies
 from .errors import EdgelearnError
 from .network import Network, parse_sizes
 from .traces import write_atomically
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: per-device pulse figures (device_pulses) for the endurance estimate
 MEASURE_SAMPLES = 512
 
 
@@ -41,18 +42,26 @@ def _measure(card: DeviceCard, algorithm: str, network: str, batch_size: int, lr
     rng = np.random.default_rng(seed)
     xs = rng.uniform(0.0, 1.0, (MEASURE_SAMPLES, sizes[0]))
     labels = rng.integers(0, sizes[-1], MEASURE_SAMPLES)
-    before = net.board.counters().counts
+    devices_before = net.board.counters()
+    before = devices_before.counts
     for start in range(0, MEASURE_SAMPLES, batch_size):
         _, _, grads = net.gradients(xs[start:start + batch_size], labels[start:start + batch_size])
         for layer, (inputs, deltas) in zip(net.layers, grads):
             algo.update(layer, inputs, deltas, lr)
-    after = net.board.counters().counts
+    devices_after = net.board.counters()
+    after = devices_after.counts
     learning = {k: (after[k] - before[k]) / MEASURE_SAMPLES for k in after}
+    wear = endurance_report(devices_after.pulses_per_device_up - devices_before.pulses_per_device_up,
+                            devices_after.pulses_per_device_down - devices_before.pulses_per_device_down,
+                            1.0 / MEASURE_SAMPLES)  # per learning sample
+    device_pulses = dict(devices=wear.devices, worst_device=wear.worst_device,
+                         worst_per_learning_step=wear.pulses_per_day_worst,
+                         mean_per_learning_step=wear.mean_pulses_per_day, samples=MEASURE_SAMPLES)
     before = after
     net.forward(xs[:batch_size])
     after = net.board.counters().counts
     inference = {k: (after[k] - before[k]) / batch_size for k in after}
-    return dict(learning=learning, inference=inference, calibration=calibration)
+    return dict(learning=learning, inference=inference, calibration=calibration, device_pulses=device_pulses)
 
 
 def step_costs(card: DeviceCard, algorithm: str, network: str = "paper", batch_size: int = 1, lr: float | None = None,
@@ -104,6 +113,7 @@ class BudgetResult:
     widths: list
     battery_energy_j: float | None
     battery_life_days: float | None
+    endurance: dict | None = None  # worst device's wear at learning_steps_per_day (None: no per-device counts)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -133,6 +143,7 @@ def estimate(card: DeviceCard, algorithm: str, daily_budget_j: float, model: Ene
         return cost(per["learning"], units), cost(per["inference"], units)
 
     learning, inference = costs_for(card)
+    device_pulses = step_costs(card, algorithm, network).get("device_pulses")
     inference_day = inference["total"] * windows_per_day
     steps = _learning_steps(daily_budget_j, inference_day, learning["total"])
     widths = []
@@ -152,4 +163,20 @@ def estimate(card: DeviceCard, algorithm: str, daily_budget_j: float, model: Ene
         inference_energy_per_day_j=inference_day, learning_steps_per_day=steps, fits=inference_day <= daily_budget_j,
         best_pulse_width_s=best.pulse_width_s if best else None, best_card_id=best.card_id if best else None,
         widths=[asdict(w) for w in widths], battery_energy_j=battery_j,
-        battery_life_days=battery_j / max(daily_budget_j, inference_day) if battery_j is not None else None)
+        battery_life_days=battery_j / max(daily_budget_j, inference_day) if battery_j is not None else None,
+        endurance=_budget_endurance(device_pulses, steps, card))
+
+
+def _budget_endurance(device_pulses: dict | None, steps_per_day: int, card: DeviceCard) -> dict | None:
+    """The worst device's pulses per day at `steps_per_day` learning steps (its measured pulses per step, one pulse =
+    one switching cycle; inference sends no pulse) and the days until it reaches its endurance."""
+    if not device_pulses:
+        return None
+    cycles, source = endurance_of(card)
+    per_day = device_pulses["worst_per_learning_step"] * steps_per_day
+    return dict(devices=device_pulses["devices"], worst_device=device_pulses["worst_device"],
+                worst_pulses_per_learning_step=device_pulses["worst_per_learning_step"],
+                pulses_per_day_worst=per_day,
+                mean_pulses_per_day=device_pulses["mean_per_learning_step"] * steps_per_day,
+                endurance_cycles=cycles, endurance_source=source,
+                lifetime_days=cycles / per_day if per_day > 0 else None)

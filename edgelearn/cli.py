@@ -130,6 +130,24 @@ def _options_error(exc, options: dict) -> EdgelearnError:
     return EdgelearnError(f"{option}: {error_message(err)}")
 
 
+def _profile_options(parser) -> None:
+    parser.add_argument("--profile", metavar="NAME|FILE", help="hardware profile the memory verdict is checked "
+                        "against: a bundled name (m4f-lowpower, m33) or a TOML file (default: m4f-lowpower)")
+    parser.add_argument("--require-fit", action="store_true", help="exit 2 when the configuration does not fit the "
+                        "profile's SRAM (default: a warning, and the emulation goes on)")
+
+
+def _memory_verdict(report, profile, require_fit: bool) -> str:
+    """Check a MemoryReport against the profile; a configuration that does not fit warns in one line on stderr, or
+    (require_fit) is refused with that line. Returns the verdict's message."""
+    report.check(profile)
+    if not report.fits:
+        if require_fit:
+            raise EdgelearnError(report.message)
+        print(f"edgelearn: warning: {report.message}", file=sys.stderr, flush=True)
+    return report.message
+
+
 def cmd_train(args) -> int:
     from pydantic import ValidationError
 
@@ -147,6 +165,13 @@ def cmd_train(args) -> int:
                              max_tile_rows=args.max_tile, max_tile_cols=args.max_tile)
     except ValidationError as exc:
         raise _options_error(exc, _TRAIN_OPTIONS) from None
+    from .profiles import load_profile
+    from .train import train_memory
+
+    profile = load_profile(args.profile)
+    memory = train_memory(config).check(profile)  # refused before training with --require-fit, else warned after
+    if args.require_fit:
+        _memory_verdict(memory, profile, True)
     _output_dir(args.out)
     result = train(config, out=args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     last = result.epochs[-1]
@@ -155,6 +180,13 @@ def cmd_train(args) -> int:
                    pulses_up=result.counters.get("pulses_up", 0), pulses_down=result.counters.get("pulses_down", 0),
                    calibration_pulses=result.counters.get("calibration_pulses_up", 0)
                    + result.counters.get("calibration_pulses_down", 0), wall_s=result.wall_s)
+    if result.endurance:  # analog runs: the worst device's pulses in this run, and how many such runs it survives
+        e = result.endurance
+        runs = e["training_runs_to_endurance"]
+        summary["worst device: pulses in this run / runs to endurance"] = (
+            f"{e['worst_device_pulses']} / {'unlimited (no pulses)' if runs is None else f'{runs:.3g}'} "
+            f"(endurance {e['endurance_cycles']:.3g} cycles, {e['endurance_source']})")
+    summary[f"memory (profile {profile.name})"] = _memory_verdict(memory, profile, False)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -203,11 +235,18 @@ def cmd_budget(args) -> int:
         value = parse_quantity(args.battery_mah, "Ah", "--battery-mah")
         battery_mah = value * 1e3 if args.battery_mah.strip().endswith("Ah") else value
     battery_v = parse_quantity(args.battery_v, "V", "--battery-v") if args.battery_v else None
+    from .memory import memory_footprint
+    from .network import parse_sizes
+    from .profiles import load_profile
+
+    profile = load_profile(args.profile)
+    memory = memory_footprint(parse_sizes(args.network), args.algorithm, batch=1)  # a budget step: one sample
+    _memory_verdict(memory, profile, args.require_fit)
     result = estimate(load_card(args.card), args.algorithm, budget, load_energy_model(args.model),
                       windows_per_day=args.windows_per_day, network=args.network, battery_mah=battery_mah,
                       battery_v=battery_v)
     if args.json:
-        print(result.to_json())
+        print(json.dumps({**json.loads(result.to_json()), "memory": memory.to_dict()}, indent=2))
         return 0
     rows = {"card": result.card_id, "algorithm": result.algorithm, "energy model": result.model,
             "energy per inference (J)": result.energy_per_inference_j,
@@ -220,6 +259,9 @@ def cmd_budget(args) -> int:
         rows["best pulse width"] = f"{result.best_pulse_width_s:g} s ({result.best_card_id})"
     if result.battery_life_days is not None:
         rows["battery life (days)"] = result.battery_life_days
+    rows[f"memory (profile {profile.name})"] = memory.message
+    rows["worst device: pulses per day / lifetime (days)"] = (
+        _endurance_text(result.endurance) if result.endurance else "not available (no per-device pulse counts)")
     _print_table(rows)
     return 0
 
@@ -249,8 +291,16 @@ def cmd_run(args) -> int:
                      rate_hz=args.rate_hz, duration_s=args.duration_s, pretrain_path=args.pretrain_path,
                      header=args.header)
     config = load_run_config(args.config, overrides)
+    from .memory import MemoryReport
+    from .profiles import load_profile
+
+    profile = load_profile(args.profile)
     _output_dir(args.out)
     result = run_stream(config, progress=not args.quiet)
+    memory = MemoryReport(**result.memory) if result.memory else None
+    if memory is not None:
+        _memory_verdict(memory, profile, args.require_fit)
+        result.memory = memory.to_dict()
     if args.out:
         write_outputs(result, args.out)
     if args.json:
@@ -272,10 +322,22 @@ def cmd_run(args) -> int:
                   "adaptation gain (learning - control)": f"{result.gain:+.3f}, 95 % interval [{lo:+.3f}, {hi:+.3f}]"
                   if np.isfinite(result.gain) else "- (no labelled held-out window)",
                   "pulses": result.pulses, f"energy per window (J, {result.energy_model})": result.energy_per_window_j,
-                  "energy per day (J)": result.energy_per_day_j, "real-time factor": result.real_time_factor})
+                  "energy per day (J)": result.energy_per_day_j,
+                  "worst device: pulses per day / lifetime (days)": _endurance_text(result.endurance),
+                  f"memory (profile {profile.name})": memory.message if memory else "-",
+                  "real-time factor": result.real_time_factor})
     if args.out:
         print(f"wrote {args.out}/summary.json, {args.out}/stream.png")
     return 0
+
+
+def _endurance_text(e: dict, unit: str = "days") -> str:
+    """'<worst device's pulses per day> / <lifetime> (endurance <cycles>, <card|default>)' of an endurance dict."""
+    if not e:
+        return "-"
+    life = "unlimited (no pulses)" if e.get("lifetime_days") is None else f"{e['lifetime_days']:.3g} {unit}"
+    return (f"{e['pulses_per_day_worst']:.4g} / {life} (endurance {e['endurance_cycles']:.3g} cycles, "
+            f"{e['endurance_source']})")
 
 
 def _front_end_text(norm) -> str:
@@ -602,6 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace the run already in --out (without it, an existing run is refused)")
     tr_.add_argument("--quiet", action="store_true", help="no progress bars")
     tr_.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _profile_options(tr_)
     tr_.set_defaults(func=cmd_train)
 
     en = top.add_parser("energy", help="cost a finished training run under one or more energy models")
@@ -623,6 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     bu.add_argument("--battery-mah", help="battery capacity in mAh (e.g. 300)")
     bu.add_argument("--battery-v", help="battery voltage (e.g. 3.7V)")
     bu.add_argument("--json", action="store_true", help="print the answer as JSON")
+    _profile_options(bu)
     bu.set_defaults(func=cmd_budget)
 
     run = top.add_parser("run", help="continuous wearable learning on a sensor stream (default: BasicMotions)")
@@ -645,6 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="directory for summary.json and stream.png")
     run.add_argument("--quiet", action="store_true")
     run.add_argument("--json", action="store_true")
+    _profile_options(run)
     run.set_defaults(func=cmd_run)
 
     emu = top.add_parser("board-emulator", help="serve the board protocol from the emulator on a pty (or TCP port); "

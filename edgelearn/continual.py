@@ -19,6 +19,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
 
 from .algorithms import make_algorithm
 from .devices import load_card
+from .endurance import endurance_of, endurance_report
 from .energy import cost, load_energy_model, unit_energies
 from .errors import EdgelearnError, EdgelearnWarning, InputError, bundled_files, read_toml, validation_error
 from .network import Network
@@ -272,6 +273,8 @@ class RunResult:
     gain_interval: list = field(default_factory=list)  # 95 % paired bootstrap over held-out windows
     chance_accuracy: float = float("nan")  # the commonest class's share of the held-out windows
     timeline: dict = field(default_factory=dict)
+    endurance: dict = field(default_factory=dict)  # worst device's wear, learning arm (edgelearn.endurance)
+    memory: dict = field(default_factory=dict)  # SRAM the controller needs (edgelearn.memory.MemoryReport)
 
     def to_json(self) -> str:
         """JSON with NaN written as null (strict JSON has no NaN)."""
@@ -692,6 +695,19 @@ def _stream_arm(config: RunConfig, p: dict, held_idx: np.ndarray, stream_idx: np
                 held_correct=held_correct, stream_wall=stream_wall)
 
 
+def stream_memory(config: RunConfig, p: dict):
+    """The controller's SRAM footprint of this run (edgelearn.memory.memory_footprint): the network, the replay buffer
+    (its capacity: `replay` entries, or the factory anchors when they are more), one window of the stream's channels
+    and a replay_batch learning step."""
+    from .memory import memory_footprint
+
+    rec = p["stream_recs"][0]
+    anchors = len(p.get("anchors", ([], []))[1])
+    entries = max(config.replay, anchors) if config.replay else anchors
+    return memory_footprint(p["net"].sizes, config.algorithm, replay=entries, window_samples=config.frontend.geometry(
+        rec.rate_hz)[0], channels=int(rec.samples.shape[1]), batch=config.replay_batch)
+
+
 def run_stream(config: RunConfig, progress: bool = True, prepared: dict | None = None) -> RunResult:
     """Pre-train (or take `prepared`, e.g. a shared pre-trained network whose state was reloaded), then stream the
     windows twice from the same chip state and seed: a no-learning control arm, then the learning arm (infer every
@@ -710,13 +726,21 @@ def run_stream(config: RunConfig, progress: bool = True, prepared: dict | None =
     net.load_state_dict(start_state)  # both arms start from the same chip state, read noise included
     control = _stream_arm(config, p, held_idx, stream_idx, learn=False, progress=progress)
     net.load_state_dict(start_state)
+    devices_before = net.board.counters()
     arm = _stream_arm(config, p, held_idx, stream_idx, learn=True, progress=progress)
+    devices_after = net.board.counters()
     diff, steps = arm["counters"], arm["steps"]
     total_j = cost(diff, units)["total"]
     inference_j = cost(arm["inference_counts"], units)["total"] if arm["inference_counts"] else 0.0
     learning_j = (total_j - inference_j * len(stream_idx)) / steps if steps else 0.0
     hop_s = config.frontend.geometry(stream_recs[0].rate_hz)[1] / stream_recs[0].rate_hz
     windows_per_day = 86_400.0 / hop_s
+    # Wear per day as energy_per_day_j: windows_per_day x label_rate learning steps, each with the stream's mean
+    # per-device pulses per step (one pulse = one switching cycle; docs/devices.md, "Endurance").
+    endurance = endurance_report(
+        devices_after.pulses_per_device_up - devices_before.pulses_per_device_up,
+        devices_after.pulses_per_device_down - devices_before.pulses_per_device_down,
+        windows_per_day * config.label_rate / steps if steps else 0.0, *endurance_of(card)).to_dict()
     stream_seconds = float(sum(r.duration_s for r in stream_recs))
     n_held = len(held_idx)
     after = float(arm["held_correct"].mean()) if n_held else float("nan")
@@ -745,7 +769,8 @@ def run_stream(config: RunConfig, progress: bool = True, prepared: dict | None =
                       judged_t_s=[t for t, _ in arm["correct_seq"]],
                       correct=[c for _, c in arm["correct_seq"]],
                       control_correct=[c for _, c in control["correct_seq"]],
-                      label_arrivals_t_s=arm["arrivals"], held_out_inference_counts=arm["held_counts"]))
+                      label_arrivals_t_s=arm["arrivals"], held_out_inference_counts=arm["held_counts"]),
+        endurance=endurance, memory=stream_memory(config, p).to_dict())
 
 
 def rolling(values, width: int) -> np.ndarray:

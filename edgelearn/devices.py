@@ -37,6 +37,9 @@ MAX_RELATIVE_SIGMA = 1.0  # device-to-device relative sigmas (the device papers 
 MAX_C2C_SIGMA = 100.0  # cycle-to-cycle relative sigma (fitted: 0.03-0.33 bundled, up to about 5 on noisy traces)
 MAX_CONDUCTANCE_S = 1.0  # as the trace readers: a device conductance above 1 S is a unit mistake
 MAX_CARD_BYTES = 1 * 2**20  # a card is about 4 KB
+# Endurance (switching cycles per device) when a card gives none: a typical literature figure for HZO ferroelectric
+# devices (10^9-10^11 reported; docs/devices.md, "Endurance"), overridable per card with `endurance_cycles`.
+DEFAULT_ENDURANCE_CYCLES = 1e10
 # The replay-error fit costs time and memory in proportion to pulses x 2 nodes (a dense Jacobian and its SVD): a
 # 10^6-pulse trace took 365-514 s and 4.8 GB. Longer traces are fitted on FIT_BLOCKS evenly spaced blocks of consecutive
 # pulses (MAX_FIT_PULSES in all; each block re-anchors on its measured first state); figures use every pulse.
@@ -211,6 +214,8 @@ class DeviceCard(BaseModel):
     variation: DeviceVariation = DeviceVariation()
     figures: DeviceFigures
     provenance: Provenance
+    endurance_cycles: float | None = Field(None, gt=0.0, description="switching cycles a device endures (one "
+                                           "programming pulse counts as one cycle); None: DEFAULT_ENDURANCE_CYCLES")
 
     @model_validator(mode="after")
     def _format(self):

@@ -23,6 +23,7 @@ from .algorithms import ALGORITHMS, make_algorithm
 from .board import PeripheryConfig, PulseConfig
 from .datasets import MNIST_CLASSES, MNIST_FEATURES, SPLIT_SEED, load_mnist
 from .devices import load_card
+from .endurance import counter_endurance
 from .errors import EdgelearnError
 from .network import Network, check_size, parse_sizes
 from .runlock import run_lock
@@ -128,6 +129,8 @@ class TrainResult:
     resumed_from_epoch: int = 0
     digital_macs: int = field(default=0)
     weight_histograms: dict = field(default_factory=dict)
+    endurance: dict = field(default_factory=dict)  # worst device's wear over the run ({} digital): _run_endurance
+    memory: dict = field(default_factory=dict)  # SRAM the controller needs (edgelearn.memory.MemoryReport)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,6 +138,25 @@ class TrainResult:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
+
+
+def _run_endurance(network: Network, card) -> dict:
+    """Worst device's pulses over the whole training run (all epochs, calibration included; one pulse = one switching
+    cycle) and how many such runs it survives before reaching its endurance. A run has no "day": no per-day figure."""
+    if network.board is None:
+        return {}
+    r = counter_endurance(network.board.counters(), 1.0, card)
+    return dict(devices=r.devices, worst_device=r.worst_device, worst_device_pulses=r.worst_device_pulses,
+                mean_device_pulses=r.mean_device_pulses, endurance_cycles=r.endurance_cycles,
+                endurance_source=r.endurance_source, training_runs_to_endurance=r.lifetime_days)
+
+
+def train_memory(config: TrainConfig):
+    """The controller's SRAM footprint of this training (edgelearn.memory.memory_footprint): the network's χ (mp) or
+    digital weights, and the activations and deltas of one batch; no stream buffers (MNIST images are the inputs)."""
+    from .memory import memory_footprint
+
+    return memory_footprint(parse_sizes(config.network), config.algorithm, batch=config.batch_size)
 
 
 def _counter_totals(network: Network) -> dict:
@@ -259,7 +281,8 @@ def _train(config: TrainConfig, out: Path | None, resume: bool, progress: bool, 
     result = TrainResult(weight_histograms=weight_histograms(network), config=config.model_dump(), card_id=card.card_id if card else None, epochs=epochs,
                          test_accuracy=test, calibration=calibration, counters=_counter_totals(network),
                          wall_s=time.perf_counter() - start_wall, resumed_from_epoch=first_epoch - 1 if resume else 0,
-                         digital_macs=digital_macs)
+                         digital_macs=digital_macs, endurance=_run_endurance(network, card),
+                         memory=train_memory(config).to_dict())
     if out is not None:
         write_atomically(out / "summary.json", result.to_json() + "\n")
     return result
