@@ -347,7 +347,7 @@ def _front_end_text(norm) -> str:
 
 
 def cmd_board_emulator(args) -> int:
-    from firmware_model.board import BoardEmulator, BoardFirmware, Faults, warm_up
+    from .hil.emulator import BoardEmulator, BoardFirmware, Faults, warm_up
 
     from .devices import load_card
 

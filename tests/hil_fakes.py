@@ -2,7 +2,8 @@
 
 import serial
 
-from edgelearn.hil import protocol as p
+from firmware_model import protocol as p
+
 
 
 class ScriptedPort:

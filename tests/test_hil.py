@@ -17,8 +17,8 @@ from edgelearn.board import Tile
 from edgelearn.devices import DeviceVariation, fit_device, load_card
 from edgelearn.errors import EdgelearnError
 from edgelearn.hil import BoardReportedError, HilError, SerialBoard, SerialLink, characterize, compare
-from edgelearn.hil import protocol as p
-from firmware_model.board import BoardEmulator, BoardFirmware, Faults
+from edgelearn.hil.emulator import BoardEmulator, BoardFirmware, Faults
+from firmware_model import protocol as p
 from hil_fakes import ScriptedPort
 
 CARD = "ID161ZR15000-20ns-20241024T110402"

@@ -18,9 +18,9 @@ from edgelearn.cli import main
 from edgelearn.devices import load_card
 from edgelearn.errors import EdgelearnError
 from edgelearn.hil import BoardReportedError, HilError, SerialBoard, SerialLink, characterize, resume_characterization
-from edgelearn.hil import protocol as p
+from edgelearn.hil.emulator import BoardEmulator, BoardFirmware, Faults
 from edgelearn.hil.lab import journal_path
-from firmware_model.board import BoardEmulator, BoardFirmware, Faults
+from firmware_model import protocol as p
 from hil_fakes import ScriptedPort
 
 CARD = "ID170ZR5000-20ns"

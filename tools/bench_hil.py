@@ -24,8 +24,8 @@ import time
 
 from edgelearn.devices import load_card
 from edgelearn.hil import SerialBoard, characterize
-from edgelearn.hil import protocol as p
-from firmware_model.board import BoardFirmware
+from edgelearn.hil.emulator import BoardFirmware
+from firmware_model import protocol as p
 
 COMMANDS = {
     "read-counters": (p.READ_COUNTERS, b""),

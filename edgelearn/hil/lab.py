@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from firmware_model import controller as ctl
+from firmware_model import protocol as p
 
 from ..board import Tile
 from ..devices import DeviceCard, DeviceVariation, load_card
 from ..errors import EdgelearnError
 from ..traces import Trace, TraceMeta, trace_header, trace_row, write_atomically
-from . import protocol as p
 from .serial_board import SerialBoard
 
 

@@ -17,10 +17,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from firmware_model import protocol as p
+
 from ..board import CounterReport, PeripheryConfig, PulseConfig, epsilon_codes
 from ..devices import DeviceCard, load_card
 from ..errors import EdgelearnError
-from . import protocol as p
 
 
 def _round_half_away(values: np.ndarray) -> np.ndarray:

@@ -3,8 +3,10 @@ crossbar as the in-process emulator, over a pseudo-terminal or a TCP socket, wit
 cable: dropped, corrupted and delayed bytes).
 
 `BoardFirmware.handle(payload)` is the whole command interpreter (bytes in, bytes out, no I/O), so it can be fuzzed
-and tested without a port; `serve()` runs it over any byte stream; `BoardEmulator` opens a pty or a socket and runs
-`serve()` in a thread (or in the foreground for `edgelearn board-emulator`).
+and tested without a port; `BoardEmulator` serves it over a pty or a socket in one non-blocking thread (or in the
+foreground for `edgelearn board-emulator`). It lives on the host's floor because it builds its array from the host's
+`Tile`; the kernels (`firmware_model.controller`) and the protocol codec (`firmware_model.protocol`) are the
+device's.
 
 One physical array of rows x cols devices of one device type. Each card given is one supported pulse width (its d2d
 draw uses the same seed, so a device keeps its identity across widths); all widths share the device states, the
@@ -25,11 +27,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgelearn.board import PeripheryConfig, Tile
-from edgelearn.devices import DeviceCard, DeviceVariation
-from edgelearn.hil import protocol as p
+from firmware_model import controller as ctl
+from firmware_model import protocol as p
 
-from . import controller as ctl
+from ..board import PeripheryConfig, Tile
+from ..devices import DeviceCard, DeviceVariation
 
 FIRMWARE = "edgelearn-board-emulator 1.0"
 READ_BITS = 16

@@ -1,9 +1,10 @@
-"""The board link protocol, version 1 (docs/protocol.md): COBS framing, CRC-16, sequence numbers, commands.
+"""The board link protocol, version 2 (docs/protocol.md): COBS framing, CRC-16, sessions, sequence numbers, commands.
 
-Shared by the host driver (`edgelearn.hil.serial_board`) and the board emulator (`firmware_model.board`), so both ends
-encode and decode with the same code. Everything here is pure Python over bytes; nothing touches a port.
+What both ends of the link share, so it lives on the device's floor: the host driver (`edgelearn.hil.serial_board`)
+and the board emulator (`edgelearn.hil.emulator`) import it from here, and the C firmware follows the same
+definitions. Everything here is pure Python over bytes; nothing touches a port.
 
-A frame on the wire is ``0x00 || COBS(payload || crc16(payload) as 2 bytes little-endian) || 0x00``. The payload
+A frame on the wire is ``0x00 || COBS(payload || crc16(payload) as 2 bytes little-endian) || 0x00 0x00``. The payload
 starts with a 7-byte header ``version u8, session u16, seq u16, command u8, status u8`` (all little-endian); a response
 carries the request's session and seq, ``command | 0x80`` and a status (0 = OK), then the command's body.
 
