@@ -408,7 +408,7 @@ def cmd_hil_identify(args) -> int:
 
 def cmd_hil_characterize(args) -> int:
     from .hil import characterize, resume_characterization
-    from .hil.lab import journal_path
+    from .hil.lab import journal_path, journal_rows, read_journal
     from .hil.serial_board import parse_width_ns
 
     output = Path(args.output)
@@ -424,10 +424,11 @@ def cmd_hil_characterize(args) -> int:
     try:
         with _board(args) as board:
             if args.resume:
-                _check_resume_options(args, journal, width)
-                done = _journal_rows(journal)
-                total = 2 * json.loads(_journal_plan(journal))["pulses"] * json.loads(_journal_plan(journal))["cycles"]
-                bar = _progress(total, "characterise", args.quiet, initial=done)
+                if not journal.exists():
+                    raise EdgelearnError(f"--resume: no interrupted characterisation in {journal}")
+                plan, _, done, _ = read_journal(journal)
+                _check_resume_options(args, plan, journal, width)
+                bar = _progress(2 * plan["pulses"] * plan["cycles"], "characterise", args.quiet, initial=len(done))
                 trace = resume_characterization(board, journal, progress=bar.update if bar is not None else None)
             else:
                 pulses = 200 if args.pulses is None else args.pulses
@@ -439,10 +440,11 @@ def cmd_hil_characterize(args) -> int:
     except (EdgelearnError, KeyboardInterrupt) as exc:
         if bar is not None:
             bar.close()
-        if journal.exists() and _journal_rows(journal) > 0:
+        rows = journal_rows(journal)
+        if rows > 0:
             what = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
-            raise EdgelearnError(f"{what}; the {_journal_rows(journal)} pulses measured so far are in {journal} (a "
-                                 f"trace CSV): rerun with --resume to continue") from None
+            raise EdgelearnError(f"{what}; the {rows} pulses measured so far are in {journal} (a trace CSV): rerun "
+                                 "with --resume to continue") from None
         raise
     if bar is not None:
         bar.close()
@@ -453,29 +455,8 @@ def cmd_hil_characterize(args) -> int:
     return 0
 
 
-def _journal_plan(journal: Path) -> str:
-    for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.startswith("# hil_plan"):
-            return line.partition("=")[2].strip()
-    raise EdgelearnError(f"{journal}: not a characterisation journal (no hil_plan header)")
-
-
-def _journal_rows(journal: Path) -> int:
-    try:
-        lines = journal.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return 0
-    return max(0, sum(1 for line in lines if line and not line.startswith("#")) - 1)
-
-
-def _check_resume_options(args, journal: Path, width) -> None:
+def _check_resume_options(args, plan: dict, journal: Path, width) -> None:
     """--resume continues the journal's plan: options given explicitly must agree with it."""
-    if not journal.exists():
-        raise EdgelearnError(f"--resume: no interrupted characterisation in {journal}")
-    try:
-        plan = json.loads(_journal_plan(journal))
-    except (ValueError, TypeError):
-        raise EdgelearnError(f"{journal}: its hil_plan header is not valid JSON") from None
     given = {"width_ns": width, "pulses": args.pulses, "cycles": args.cycles, "row": args.row, "col": args.col,
              "amplitude_mv": None if args.amplitude is None else int(round(abs(args.amplitude) * 1000))}
     for key, value in given.items():

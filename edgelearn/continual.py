@@ -468,11 +468,6 @@ def _normalisation(config: RunConfig, codes_train: np.ndarray, n_features: int, 
     return Normalisation.fit(codes_train, config.norm_sigmas, groups)
 
 
-def _class_map(labels: np.ndarray):
-    known = sorted(int(v) for v in np.unique(labels) if v >= 0)
-    return {v: k for k, v in enumerate(known)}
-
-
 def _remember(buf_x: list, buf_y: list, x: np.ndarray, y: int, size: int) -> None:
     """Add a labelled window to the class-balanced replay buffer: when full, the oldest entry of the commonest class
     goes (so the factory anchors of a class are replaced by the wearer's own windows as they arrive)."""

@@ -81,6 +81,14 @@ class _Journal:
         self.file.close()
 
 
+def journal_rows(path: Path) -> int:
+    """Pulses recorded in a journal so far (0 if it is missing or unreadable): what an error message reports."""
+    try:
+        return len(read_journal(Path(path))[2])
+    except (EdgelearnError, OSError):
+        return 0
+
+
 def _board_pulses(board: SerialBoard) -> int:
     c = board.board_counters()
     return c["pulses_up"] + c["pulses_down"]
@@ -157,7 +165,7 @@ def resume_characterization(board: SerialBoard, journal: str | Path, progress=No
     if raw and not raw.endswith(b"\n"):  # a row torn by a crash mid-write: drop it, it is measured again
         with open(path, "r+b") as f:
             f.truncate(raw.rfind(b"\n") + 1)
-    plan, meta, pols, gs = _read_journal(path)
+    plan, meta, pols, gs = read_journal(path)
     if plan["device_id"] != board.info.device_id:
         raise EdgelearnError(f"{path}: started on device type {plan['device_id']}, this board has "
                              f"{board.info.device_id}")
@@ -187,14 +195,17 @@ def resume_characterization(board: SerialBoard, journal: str | Path, progress=No
     return _measure(board, plan, meta, pols, gs, writer, progress)
 
 
-def _read_journal(path: Path):
+def read_journal(path: Path):
     """(plan, trace metadata, polarities, conductances) of a journal; one-line errors for anything else."""
     from ..traces import TRACE_COLUMNS, TRACE_FORMAT
 
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise EdgelearnError(f"{path}: not a characterisation journal ({exc})") from None
+    lines = text.splitlines()
+    if text and not text.endswith("\n"):
+        lines = lines[:-1]  # a row torn by a crash mid-write: not measured as far as the journal is concerned
     if not lines or lines[0].strip() != f"# {TRACE_FORMAT}":
         raise EdgelearnError(f"{path}:1: not a characterisation journal (expected '# {TRACE_FORMAT}')")
     header, k = {}, 1
