@@ -101,6 +101,7 @@ class BudgetResult:
     network: str
     daily_budget_j: float
     windows_per_day: int
+    batch_size: int  # samples per learning step
     energy_per_inference_j: float
     energy_per_learning_step_j: float
     learning_step_components_j: dict
@@ -126,24 +127,32 @@ def _learning_steps(budget_j: float, inference_day_j: float, step_j: float) -> i
 
 def estimate(card: DeviceCard, algorithm: str, daily_budget_j: float, model: EnergyModel, *,
              windows_per_day: int = 67_500, network: str = "paper", battery_mah: float | None = None,
-             battery_v: float | None = None, compare_widths: bool = True) -> BudgetResult:
-    """How much on-chip learning fits in a daily energy budget. Inference of every window is paid first (default:
-    2.56 s windows with 50 % overlap, 67 500 a day); the rest buys learning steps (one labelled sample each). The
-    battery lasts battery / max(budget, inference per day) days."""
+             battery_v: float | None = None, compare_widths: bool = True, batch_size: int = 1) -> BudgetResult:
+    """How much on-chip learning fits in the chip's daily energy budget (crossbar, converters and the controller's
+    digital work at the model's unit energies; the whole wearable is edgelearn.system). Inference of every window is
+    paid first (default: 2.56 s windows with 50 % overlap, 67 500 a day); the rest buys learning steps of
+    `batch_size` labelled samples each. The battery lasts battery / max(budget, inference per day) days: the chip
+    alone, a bound, not the wearable's battery life."""
     if daily_budget_j <= 0:
         raise EdgelearnError(f"--daily-budget must be positive, got {daily_budget_j} J")
     if windows_per_day < 0:
         raise EdgelearnError(f"--windows-per-day must not be negative, got {windows_per_day}")
+    if batch_size < 1:
+        raise EdgelearnError(f"--batch-size must be at least 1, got {batch_size}")
     if (battery_mah is None) != (battery_v is None):
         raise EdgelearnError("--battery-mah and --battery-v go together")
 
     def costs_for(c: DeviceCard):
         units = unit_energies(model, c)
-        per = step_costs(c, algorithm, network)
-        return cost(per["learning"], units), cost(per["inference"], units)
+        per = step_costs(c, algorithm, network, batch_size)
+        learning = {k: v * batch_size for k, v in cost(per["learning"], units).items()}  # per sample x batch
+        return learning, cost(per["inference"], units)
 
     learning, inference = costs_for(card)
-    device_pulses = step_costs(card, algorithm, network).get("device_pulses")
+    device_pulses = dict(step_costs(card, algorithm, network, batch_size).get("device_pulses") or {})
+    if device_pulses:  # measured per learning sample; a step is batch_size samples
+        device_pulses["worst_per_learning_step"] *= batch_size
+        device_pulses["mean_per_learning_step"] *= batch_size
     inference_day = inference["total"] * windows_per_day
     steps = _learning_steps(daily_budget_j, inference_day, learning["total"])
     widths = []
@@ -157,7 +166,7 @@ def estimate(card: DeviceCard, algorithm: str, daily_budget_j: float, model: Ene
     battery_j = battery_mah * 1e-3 * 3600.0 * battery_v if battery_mah is not None else None
     return BudgetResult(
         card_id=card.card_id, algorithm=algorithm, model=model.name, network=network, daily_budget_j=daily_budget_j,
-        windows_per_day=windows_per_day, energy_per_inference_j=inference["total"],
+        windows_per_day=windows_per_day, batch_size=batch_size, energy_per_inference_j=inference["total"],
         energy_per_learning_step_j=learning["total"], learning_step_components_j=learning,
         programming_share=learning["programming"] / learning["total"] if learning["total"] else 0.0,
         inference_energy_per_day_j=inference_day, learning_steps_per_day=steps, fits=inference_day <= daily_budget_j,

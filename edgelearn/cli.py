@@ -197,7 +197,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_energy(args) -> int:
-    from .energy import load_energy_model, report_run
+    from .energy import load_energy_model, model_band, report_run
 
     path = Path(args.summary)
     try:
@@ -210,8 +210,12 @@ def cmd_energy(args) -> int:
         raise EdgelearnError(f"{path}: not a summary.json of edgelearn train (needs counters, epochs, config)")
     names = (args.model or []) + (args.config or []) or ["schottky-bound"]
     reports = [report_run(summary, load_energy_model(name)) for name in names]
+    band = model_band({r.model: r.components_j for r in reports}) if len(reports) > 1 else None
     if args.json:
-        print("[" + ",\n".join(r.to_json() for r in reports) + "]" if len(reports) > 1 else reports[0].to_json())
+        if band is None:
+            print(reports[0].to_json())
+        else:  # several models: every report, and the band they span
+            print(json.dumps(dict(reports=[json.loads(r.to_json()) for r in reports], band=band), indent=2))
         return 0
     for r in reports:
         u = r.units
@@ -221,48 +225,147 @@ def cmd_energy(args) -> int:
         _print_table({"  per sample (J)": r.energy_per_sample_j, "  programming per update (J)":
                       r.programming_per_update_j, **{f"  programming to {k} val (J)": v
                                                      for k, v in r.energy_to_target_j.items()}})
+    if band is not None:
+        ratio = f"{band['ratio']:.3g}x" if band["ratio"] else "from 0"
+        rows = {"band over the models (total J)": f"{band['min_j']:.3e} .. {band['max_j']:.3e} ({ratio})"}
+        if band["driver"]:
+            lo, hi = band["driver_range_j"]
+            rows["  driven by"] = (f"{band['driver']} ({lo:.3e} .. {hi:.3e} J, {band['driver_share_of_spread']:.0%} "
+                                   "of the spread); docs/energy.md says which model suits which question")
+        _print_table(rows)
     return 0
 
 
-def cmd_budget(args) -> int:
-    from .budget import estimate
-    from .devices import load_card
-    from .energy import load_energy_model, parse_quantity
+def _list_bundled(files: dict, what: str, describe, hint: str) -> int:
+    """Shipped files (name -> path): name and description on one line, the file on the next, then how to use one."""
+    if not files:
+        raise EdgelearnError(f"no shipped {what} found (edgelearn.bundled/{what}): reinstall edgelearn")
+    width = max(len(name) for name in files)
+    for name, path in files.items():
+        print(f"{name:<{width}}  {describe(path)}")
+        print(f"{'':<{width}}  {path}")
+    print(hint)
+    return 0
 
-    budget = parse_quantity(args.daily_budget, "J", "--daily-budget")
+
+def _list_profiles() -> int:
+    """The bundled hardware profiles: name, what they are, and the file to copy and edit."""
+    from .profiles import bundled_profiles, load_profile
+
+    def describe(path) -> str:
+        profile = load_profile(path)
+        m = profile.mcu
+        return (f"{profile.description} ({m.core}, {m.clock_hz / 1e6:g} MHz, {m.sram_bytes // 1024} KiB SRAM"
+                f"{', typical figures' if profile.typical else ''})")
+
+    return _list_bundled(bundled_profiles(), "profiles", describe, "use one with --profile NAME; for your own board "
+                         "copy a file, edit it and pass --profile my.toml")
+
+
+def cmd_budget(args) -> int:
+    from .energy import BUILTIN_MODELS, load_energy_model, parse_quantity
+    from .profiles import load_profile
+    from .system import breakdown_rows, system_budget
+
+    if args.list_profiles:
+        return _list_profiles()
+
+    modes = [name for name, value in (("--from-run", args.from_run), ("--config", args.config),
+                                      ("--card", args.card)) if value]
+    if len(modes) != 1:
+        raise EdgelearnError("budget: give one of --from-run SUMMARY (a finished run), --config RUN.TOML (measure a "
+                             "stream as `run` does) or --card CARD (quick estimate on random inputs)"
+                             + (f"; got {' and '.join(modes)}" if modes else ""))
+    quick_only = [opt for opt, value in (("--daily-budget", args.daily_budget), ("--algorithm", args.algorithm),
+                                         ("--network", args.network), ("--batch-size", args.batch_size),
+                                         ("--label-rate", args.label_rate), ("--rate-hz", args.rate_hz),
+                                         ("--channels", args.channels), ("--windows-per-day", args.windows_per_day))
+                  if value is not None]
+    if not args.card and quick_only:
+        raise EdgelearnError(f"{quick_only[0]}: only for the quick estimate (--card); {modes[0]} takes the run's own "
+                             "settings")
     battery_mah = None
     if args.battery_mah:  # '300' is mAh, as the option's name says; '1.2Ah' or '300mAh' carry their unit
         value = parse_quantity(args.battery_mah, "Ah", "--battery-mah")
         battery_mah = value * 1e3 if args.battery_mah.strip().endswith("Ah") else value
     battery_v = parse_quantity(args.battery_v, "V", "--battery-v") if args.battery_v else None
-    from .memory import memory_footprint
-    from .network import parse_sizes
-    from .profiles import load_profile
-
+    if (battery_mah is None) != (battery_v is None):
+        raise EdgelearnError("--battery-mah and --battery-v go together")
     profile = load_profile(args.profile)
-    memory = memory_footprint(parse_sizes(args.network), args.algorithm, batch=1)  # a budget step: one sample
-    _memory_verdict(memory, profile, args.require_fit)
-    result = estimate(load_card(args.card), args.algorithm, budget, load_energy_model(args.model),
-                      windows_per_day=args.windows_per_day, network=args.network, battery_mah=battery_mah,
-                      battery_v=battery_v)
+    chip = None
+    if args.from_run:
+        from .system import read_run_summary, workload_from_run
+
+        work = workload_from_run(read_run_summary(args.from_run), f"run summary {args.from_run}")
+    elif args.config:
+        from .continual import load_run_config
+        from .system import workload_from_config
+
+        config = load_run_config(args.config)
+        work = workload_from_config(config, progress=not args.quiet, source=f"run config {args.config} (measured)",
+                                    profile=profile, require_fit=args.require_fit)
+    else:
+        from .budget import estimate
+        from .devices import load_card
+        from .memory import memory_footprint
+        from .network import parse_sizes
+        from .system import quick_estimate
+
+        algorithm, network = args.algorithm or "mp", args.network or "paper"
+        batch = 8 if args.batch_size is None else args.batch_size
+        for option, value, ok, expected in (
+                ("--batch-size", batch, batch >= 1, "must be at least 1"),
+                ("--label-rate", args.label_rate, args.label_rate is None or 0 <= args.label_rate <= 1,
+                 "must be between 0 and 1"),
+                ("--channels", args.channels, args.channels is None or args.channels >= 1, "must be at least 1"),
+                ("--rate-hz", args.rate_hz, args.rate_hz is None or 0 < args.rate_hz <= 100_000,
+                 "must be above 0 and at most 100000"),
+                ("--windows-per-day", args.windows_per_day, args.windows_per_day is None or args.windows_per_day >= 0,
+                 "must not be negative")):
+            if not ok:
+                raise EdgelearnError(f"{option} {expected}, got {value}")
+        memory = memory_footprint(parse_sizes(network), algorithm, batch=batch)
+        _memory_verdict(memory, profile, args.require_fit)  # before the step costs are measured
+        card = load_card(args.card)
+        rate = args.rate_hz if args.rate_hz is not None else (profile.imu.odr_hz if profile.imu else 100.0)
+        steps = None
+        if args.daily_budget is not None:  # the chip's own daily budget decides the learning steps
+            budget = parse_quantity(args.daily_budget, "J", "--daily-budget")
+            chip = estimate(card, algorithm, budget, load_energy_model((args.model or ["schottky-bound"])[0]),
+                            windows_per_day=args.windows_per_day if args.windows_per_day is not None else 67_500,
+                            network=network, battery_mah=None, battery_v=None, batch_size=batch)
+            steps = chip.learning_steps_per_day
+        work = quick_estimate(card, algorithm, network, batch_size=batch,
+                              label_rate=0.1 if args.label_rate is None else args.label_rate,
+                              learning_steps_per_day=steps, rate_hz=rate,
+                              channels=6 if args.channels is None else args.channels,
+                              windows_per_day=args.windows_per_day if args.daily_budget is None else
+                              chip.windows_per_day, energy_model="schottky-bound")
+    models = args.model or [work.energy_model] + [m for m in BUILTIN_MODELS if m != work.energy_model]
+    result = system_budget(work, profile, models, battery_mah=battery_mah, battery_v=battery_v)
+    if result.memory and not args.card:
+        from .memory import MemoryReport
+
+        _memory_verdict(MemoryReport(**result.memory), profile, args.require_fit)
     if args.json:
-        print(json.dumps({**json.loads(result.to_json()), "memory": memory.to_dict()}, indent=2))
+        out = json.loads(result.to_json())
+        if chip is not None:
+            out["chip_budget"] = json.loads(chip.to_json())
+        print(json.dumps(out, indent=2))
         return 0
-    rows = {"card": result.card_id, "algorithm": result.algorithm, "energy model": result.model,
-            "energy per inference (J)": result.energy_per_inference_j,
-            "energy per learning step (J)": result.energy_per_learning_step_j,
-            "  of which programming": f"{result.programming_share:.1%}",
-            "inference per day (J)": result.inference_energy_per_day_j,
-            "learning steps per day": result.learning_steps_per_day,
-            "fits the budget": "yes" if result.fits else "no: inference alone exceeds it"}
-    if result.best_card_id:
-        rows["best pulse width"] = f"{result.best_pulse_width_s:g} s ({result.best_card_id})"
-    if result.battery_life_days is not None:
-        rows["battery life (days)"] = result.battery_life_days
-    rows[f"memory (profile {profile.name})"] = memory.message
-    rows["worst device: pulses per day / lifetime (days)"] = (
-        _endurance_text(result.endurance) if result.endurance else "not available (no per-device pulse counts)")
-    _print_table(rows)
+    if chip is not None:
+        rows = {"chip budget (crossbar + controller digital, J/day)": chip.daily_budget_j,
+                "energy per inference (J)": chip.energy_per_inference_j,
+                f"energy per learning step of {chip.batch_size} (J)": chip.energy_per_learning_step_j,
+                "  of which programming": f"{chip.programming_share:.1%}",
+                "learning steps in the chip budget": chip.learning_steps_per_day,
+                "chip budget holds inference": "yes" if chip.fits else "no: inference alone exceeds it"}
+        if chip.best_card_id:
+            rows["best pulse width"] = f"{chip.best_pulse_width_s:g} s ({chip.best_card_id})"
+        _print_table(rows)
+    _print_table(breakdown_rows(result))
+    for note in result.notes:
+        print(f"note: {note}")
     return 0
 
 
@@ -270,15 +373,8 @@ def _list_run_configs() -> int:
     """The shipped configs of `edgelearn run`: name, what it is for, and the file to copy and edit."""
     from .continual import bundled_configs, config_description
 
-    configs = bundled_configs()
-    if not configs:
-        raise EdgelearnError("no shipped configs found (edgelearn.bundled/configs): reinstall edgelearn")
-    width = max(len(name) for name in configs)
-    for name, path in configs.items():
-        print(f"{name:<{width}}  {config_description(path)}")
-        print(f"{'':<{width}}  {path}")
-    print("run one with --config NAME; to change one, copy its file (cp FILE my.toml) and run --config my.toml")
-    return 0
+    return _list_bundled(bundled_configs(), "configs", config_description, "run one with --config NAME; to change "
+                         "one, copy its file (cp FILE my.toml) and run --config my.toml")
 
 
 def cmd_run(args) -> int:
@@ -293,14 +389,14 @@ def cmd_run(args) -> int:
     config = load_run_config(args.config, overrides)
     from .memory import MemoryReport
     from .profiles import load_profile
+    from .system import SystemBudget, breakdown_rows
 
     profile = load_profile(args.profile)
     _output_dir(args.out)
-    result = run_stream(config, progress=not args.quiet)
+    result = run_stream(config, progress=not args.quiet, require_fit=args.require_fit, profile=profile)
     memory = MemoryReport(**result.memory) if result.memory else None
     if memory is not None:
         _memory_verdict(memory, profile, args.require_fit)
-        result.memory = memory.to_dict()
     if args.out:
         write_outputs(result, args.out)
     if args.json:
@@ -321,23 +417,17 @@ def cmd_run(args) -> int:
                   "held-out accuracy after, control arm": result.control_accuracy_after,
                   "adaptation gain (learning - control)": f"{result.gain:+.3f}, 95 % interval [{lo:+.3f}, {hi:+.3f}]"
                   if np.isfinite(result.gain) else "- (no labelled held-out window)",
-                  "pulses": result.pulses, f"energy per window (J, {result.energy_model})": result.energy_per_window_j,
-                  "energy per day (J)": result.energy_per_day_j,
-                  "worst device: pulses per day / lifetime (days)": _endurance_text(result.endurance),
-                  f"memory (profile {profile.name})": memory.message if memory else "-",
+                  "pulses": result.pulses, f"chip energy per window (J, {result.energy_model})":
+                  result.energy_per_window_j, "chip energy per day (J)": result.energy_per_day_j,
                   "real-time factor": result.real_time_factor})
+    print("the wearable's day (whole system, edgelearn budget --from-run gives the same on another profile):")
+    system = SystemBudget(**result.system)
+    _print_table({k: v for k, v in breakdown_rows(system).items() if k != "source"})
+    for note in system.notes:
+        print(f"note: {note}")
     if args.out:
         print(f"wrote {args.out}/summary.json, {args.out}/stream.png")
     return 0
-
-
-def _endurance_text(e: dict, unit: str = "days") -> str:
-    """'<worst device's pulses per day> / <lifetime> (endurance <cycles>, <card|default>)' of an endurance dict."""
-    if not e:
-        return "-"
-    life = "unlimited (no pulses)" if e.get("lifetime_days") is None else f"{e['lifetime_days']:.3g} {unit}"
-    return (f"{e['pulses_per_day_worst']:.4g} / {life} (endurance {e['endurance_cycles']:.3g} cycles, "
-            f"{e['endurance_source']})")
 
 
 def _front_end_text(norm) -> str:
@@ -656,16 +746,32 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--json", action="store_true", help="print the report(s) as JSON")
     en.set_defaults(func=cmd_energy)
 
-    bu = top.add_parser("budget", help="what on-chip learning fits in a daily energy budget")
-    bu.add_argument("--card", required=True, help="device card file or bundled name")
-    bu.add_argument("--algorithm", choices=["sgd", "mp", "sp-shift"], default="mp")
-    bu.add_argument("--daily-budget", required=True, help="energy per day, e.g. 1mJ, 250uJ, 0.5J")
-    bu.add_argument("--windows-per-day", type=int, default=67_500,
-                    help="inferences per day (default: 2.56 s windows with 50%% overlap)")
-    bu.add_argument("--network", default="paper", help="network preset or sizes like 784-64-10")
-    bu.add_argument("--model", default="schottky-bound", help="energy model name or JSON file")
-    bu.add_argument("--battery-mah", help="battery capacity in mAh (e.g. 300)")
+    bu = top.add_parser("budget", help="a day of the wearable: energy by term (sensor, MCU, front end, crossbar), "
+                        "battery life, wear and memory, from a run, a run config or a quick estimate")
+    bu.add_argument("--from-run", metavar="SUMMARY", help="summary.json of `edgelearn run`: the run's measured counts "
+                    "per window, scaled to a day")
+    bu.add_argument("--config", metavar="NAME|TOML", help="a run config (shipped name or TOML): measure its stream "
+                    "exactly as `edgelearn run` does")
+    bu.add_argument("--card", help="quick estimate: device card file or bundled name (random inputs)")
+    bu.add_argument("--algorithm", choices=["sgd", "mp", "sp-shift"], help="quick estimate: algorithm (default mp)")
+    bu.add_argument("--network", help="quick estimate: network preset or sizes like 30-32-4 (default paper)")
+    bu.add_argument("--batch-size", type=int, help="quick estimate: samples per learning step (default 8, as run's "
+                    "replay_batch)")
+    bu.add_argument("--label-rate", type=float, help="quick estimate: fraction of windows that start a learning step "
+                    "(default 0.1)")
+    bu.add_argument("--rate-hz", type=float, help="quick estimate: sensor rate (default: the profile IMU's)")
+    bu.add_argument("--channels", type=int, help="quick estimate: sensor channels (default 6)")
+    bu.add_argument("--windows-per-day", type=int, help="quick estimate: inferences per day (default: 2.56 s windows "
+                    "with 50%% overlap at the sensor rate)")
+    bu.add_argument("--daily-budget", help="quick estimate: the chip's own energy per day (e.g. 1mJ); learning steps "
+                    "are then what fits in it after inference")
+    bu.add_argument("--model", action="append", metavar="NAME|FILE", help="energy model name or JSON file; "
+                    "repeatable: the first is the headline, all of them make the band (default: the run's model, "
+                    "or schottky-bound, then the other built-in models)")
+    bu.add_argument("--battery-mah", help="battery capacity in mAh (default: the profile's battery)")
     bu.add_argument("--battery-v", help="battery voltage (e.g. 3.7V)")
+    bu.add_argument("--quiet", action="store_true", help="--config: no progress bars")
+    bu.add_argument("--list-profiles", action="store_true", help="list the bundled hardware profiles and their files")
     bu.add_argument("--json", action="store_true", help="print the answer as JSON")
     _profile_options(bu)
     bu.set_defaults(func=cmd_budget)

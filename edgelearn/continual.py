@@ -275,6 +275,8 @@ class RunResult:
     timeline: dict = field(default_factory=dict)
     endurance: dict = field(default_factory=dict)  # worst device's wear, learning arm (edgelearn.endurance)
     memory: dict = field(default_factory=dict)  # SRAM the controller needs (edgelearn.memory.MemoryReport)
+    geometry: dict = field(default_factory=dict)  # network sizes, sensor rate, channels, window, hop, windows per day
+    system: dict = field(default_factory=dict)  # the whole-system day on the run's profile (edgelearn.system)
 
     def to_json(self) -> str:
         """JSON with NaN written as null (strict JSON has no NaN)."""
@@ -570,6 +572,7 @@ def prepare(config: RunConfig, on_epoch=None):
     rng = np.random.default_rng([config.seed, 7])
     pretrain = _pretrain(config, net, algorithm, sizes, x_train, y_train_i, rng, card, on_epoch)
     pretrain["normalisation"] = norm.summary()
+    pretrain["counters"] = net.board.counters().counts  # the factory's on-chip work: calibration and pre-training
     anchors = ([], [])
     for k in range(len(classes)):  # factory anchors: a few pre-training windows of each class
         idx = np.nonzero(y_train_i == k)[0] if len(y_train_i) else []
@@ -703,13 +706,23 @@ def stream_memory(config: RunConfig, p: dict):
         rec.rate_hz)[0], channels=int(rec.samples.shape[1]), batch=config.replay_batch)
 
 
-def run_stream(config: RunConfig, progress: bool = True, prepared: dict | None = None) -> RunResult:
+def run_stream(config: RunConfig, progress: bool = True, prepared: dict | None = None,
+               require_fit: bool = False, profile=None) -> RunResult:
     """Pre-train (or take `prepared`, e.g. a shared pre-trained network whose state was reloaded), then stream the
     windows twice from the same chip state and seed: a no-learning control arm, then the learning arm (infer every
     window, learn on the labelled ones). The adaptation gain is learning minus control on the held-out windows, with a
-    paired bootstrap interval; energy and counters are the learning arm's."""
+    paired bootstrap interval; energy and counters are the learning arm's. The whole-system day (`system`) and the
+    memory verdict are on `profile` (a HardwareProfile, a bundled name or a TOML file; default DEFAULT_PROFILE);
+    require_fit: refuse, before the stream, a configuration whose controller memory does not fit its SRAM."""
+    from .profiles import HardwareProfile, load_profile
+
     wall0 = time.perf_counter()
+    if not isinstance(profile, HardwareProfile):
+        profile = load_profile(profile)  # a bad profile fails before any work
     p = prepared if prepared is not None else prepare(config)
+    memory = stream_memory(config, p).check(profile)
+    if require_fit and not memory.fits:
+        raise EdgelearnError(memory.message)
     net, card = p["net"], p["card"]
     y_stream_i, stream_recs = p["y_stream"], p["stream_recs"]
     held = held_out_mask(len(y_stream_i), config.holdout_block, config.holdout_every)
@@ -728,14 +741,19 @@ def run_stream(config: RunConfig, progress: bool = True, prepared: dict | None =
     total_j = cost(diff, units)["total"]
     inference_j = cost(arm["inference_counts"], units)["total"] if arm["inference_counts"] else 0.0
     learning_j = (total_j - inference_j * len(stream_idx)) / steps if steps else 0.0
-    hop_s = config.frontend.geometry(stream_recs[0].rate_hz)[1] / stream_recs[0].rate_hz
-    windows_per_day = 86_400.0 / hop_s
-    # Wear per day as energy_per_day_j: windows_per_day x label_rate learning steps, each with the stream's mean
-    # per-device pulses per step (one pulse = one switching cycle; docs/devices.md, "Endurance").
+    rate = stream_recs[0].rate_hz
+    length, hop = config.frontend.geometry(rate)
+    windows_per_day = 86_400.0 * rate / hop
+    # A day is windows_per_day windows, each with the stream's measured counts per streamed window (inference of every
+    # window, learning steps at the rate they happened): energy and wear per day alike (docs/budget.md, "A day").
+    per_window_to_day = windows_per_day / max(1, len(stream_idx))
     endurance = endurance_report(
         devices_after.pulses_per_device_up - devices_before.pulses_per_device_up,
         devices_after.pulses_per_device_down - devices_before.pulses_per_device_down,
-        windows_per_day * config.label_rate / steps if steps else 0.0, *endurance_of(card)).to_dict()
+        per_window_to_day, *endurance_of(card)).to_dict()
+    geometry = dict(sizes=list(net.sizes), rate_hz=float(rate), channels=int(stream_recs[0].samples.shape[1]),
+                    window_samples=int(length), hop_samples=int(hop), mode=config.frontend.mode,
+                    windows_per_day=windows_per_day)
     stream_seconds = float(sum(r.duration_s for r in stream_recs))
     n_held = len(held_idx)
     after = float(arm["held_correct"].mean()) if n_held else float("nan")
@@ -743,7 +761,7 @@ def run_stream(config: RunConfig, progress: bool = True, prepared: dict | None =
     low, high = bootstrap_gain(arm["held_correct"], control["held_correct"], seed=config.seed)
     counts = np.bincount(y_stream_i[held_idx], minlength=len(p["classes"])) if n_held else np.zeros(1)
     judged = arm["judged"]
-    return RunResult(
+    result = RunResult(
         config=config.model_dump(), card_id=card.card_id,
         classes=[p["class_names"][k] if p["class_names"] else str(v) for v, k in p["classes"].items()],
         stream_seconds=stream_seconds, windows=int(len(stream_idx)), labelled_windows=int(judged), learning_steps=steps,
@@ -753,7 +771,7 @@ def run_stream(config: RunConfig, progress: bool = True, prepared: dict | None =
         pulses=int(diff["pulses_up"] + diff["pulses_down"]), counters=diff, energy_model=units.model,
         energy_per_window_j=total_j / max(1, len(stream_idx)), energy_per_learning_step_j=learning_j,
         energy_per_inference_j=inference_j,
-        energy_per_day_j=windows_per_day * (inference_j + config.label_rate * learning_j),
+        energy_per_day_j=total_j * per_window_to_day,
         wall_s=time.perf_counter() - wall0,
         real_time_factor=stream_seconds / max(arm["stream_wall"], 1e-9),
         pretrain=p["pretrain"],
@@ -765,7 +783,21 @@ def run_stream(config: RunConfig, progress: bool = True, prepared: dict | None =
                       correct=[c for _, c in arm["correct_seq"]],
                       control_correct=[c for _, c in control["correct_seq"]],
                       label_arrivals_t_s=arm["arrivals"], held_out_inference_counts=arm["held_counts"]),
-        endurance=endurance, memory=stream_memory(config, p).to_dict())
+        endurance=endurance, memory=memory.to_dict(),
+        geometry=geometry)
+    result.system = run_system(result, config, profile)
+    return result
+
+
+def run_system(result: RunResult, config: RunConfig, profile) -> dict:
+    """The whole-system day of a run on a HardwareProfile (edgelearn.system): the run's energy model first, then the
+    other built-in models for the band."""
+    from .energy import BUILTIN_MODELS
+    from .system import system_budget, workload_from_run
+
+    work = workload_from_run(json.loads(result.to_json()), "this run")
+    models = [config.energy_model] + [m for m in BUILTIN_MODELS if m != config.energy_model]
+    return asdict(system_budget(work, profile, models))
 
 
 def rolling(values, width: int) -> np.ndarray:

@@ -279,6 +279,24 @@ def report_run(summary: dict, model: EnergyModel, targets=(0.9, 0.95)) -> Energy
                         energy_to_target_j=to_target)
 
 
+def model_band(totals: dict[str, dict]) -> dict:
+    """Where energy models disagree: {model: components} (each with a "total") -> the band of the total (min, max,
+    ratio), each component's range, and the component that drives the spread (the widest max - min)."""
+    if not totals:
+        raise EdgelearnError("no energy model to compare")
+    names = list(totals)
+    parts = [k for k in next(iter(totals.values())) if k != "total"]
+    ranges = {k: [min(totals[n][k] for n in names), max(totals[n][k] for n in names)] for k in parts}
+    low, high = min(totals[n]["total"] for n in names), max(totals[n]["total"] for n in names)
+    spread = {k: hi - lo for k, (lo, hi) in ranges.items()}
+    driver = max(spread, key=spread.get) if high > low else None
+    return dict(models={n: totals[n]["total"] for n in names}, min_j=low, max_j=high,
+                ratio=high / low if low > 0 else None, driver=driver,
+                driver_range_j=ranges[driver] if driver else None,
+                driver_share_of_spread=spread[driver] / (high - low) if driver else None,
+                component_ranges_j={k: v for k, v in ranges.items() if v[1] > v[0]})
+
+
 _UNIT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([pnumkM]?)(J|Wh|Ah|V|s)?\s*$")
 _PREFIX = {"": 1.0, "p": 1e-12, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6}
 

@@ -52,8 +52,35 @@ class Battery(_Strict):
         return self.capacity_mah * 1e-3 * 3600.0 * self.voltage_v
 
 
+class CycleTable(_Strict):
+    """Controller cycles per counted operation (docs/budget.md, "Controller cycles"). The defaults are a documented
+    estimate for a Cortex-M4-class core running C compiled at -O2 from zero-wait-state memory, not a measurement;
+    a profile's [cycles] section replaces any of them (with measured firmware figures when they exist)."""
+
+    source: str = Field("estimate: Cortex-M4 class, C at -O2 (docs/budget.md)", description="where the figures "
+                        "come from")
+    mvm_pass: float = Field(80, ge=0, description="per array pass (forward or backward): select, start, wait")
+    dac_code: float = Field(6, ge=0, description="per DAC conversion: scale an input, round, saturate, write")
+    adc_code: float = Field(12, ge=0, description="per ADC conversion: read, rescale, activation or derivative")
+    mac: float = Field(3, ge=0, description="per digital multiply-accumulate (two loads + SMLAL)")
+    chi_update: float = Field(20, ge=0, description="per chi accumulator read-modify-write, threshold and fire")
+    rng_draw: float = Field(18, ge=0, description="per xorshift64* draw on a 32-bit core")
+    pulse: float = Field(10, ge=0, description="per programming pulse issued (driver set-up, timer trigger)")
+    device_read: float = Field(40, ge=0, description="per single-device read (calibration, write-verify)")
+    update_call: float = Field(150, ge=0, description="per update call (tile bookkeeping, scales, loops)")
+    wake: float = Field(400, ge=0, description="per window: wake-up on the sensor FIFO interrupt and back to sleep")
+    sample_read: float = Field(20, ge=0, description="per sensor value read from the IMU FIFO (one channel)")
+    feature_sample: float = Field(8, ge=0, description="per sample and channel of a window: sum, sum of squares, "
+                                  "|x|, min, max")
+    feature_channel: float = Field(300, ge=0, description="per channel of a window: divisions and integer square "
+                                   "root")
+    normalise_feature: float = Field(10, ge=0, description="per network input: offset, multiply, shift, saturate")
+    frame_byte: float = Field(12, ge=0, description="per protocol frame byte (COBS and CRC-16; hardware in the loop "
+                              "only, a standalone wearable sends none)")
+
+
 class HardwareProfile(_Strict):
-    """A wearable's hardware: microcontroller, optional IMU and battery."""
+    """A wearable's hardware: microcontroller, optional IMU and battery, and the controller's cycles per operation."""
 
     name: str = Field(min_length=1)
     description: str = ""
@@ -61,6 +88,12 @@ class HardwareProfile(_Strict):
     mcu: Microcontroller
     imu: InertialSensor | None = None
     battery: Battery | None = None
+    cycles: CycleTable = CycleTable()
+
+    @property
+    def energy_per_cycle_j(self) -> float:
+        """Active energy of one core cycle: run current per MHz x supply / 1e6 (180 pJ at 60 uA/MHz and 3 V)."""
+        return self.mcu.active_current_per_mhz_a * self.mcu.supply_v / 1e6
 
 
 def bundled_profiles() -> dict[str, Path]:

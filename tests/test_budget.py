@@ -43,11 +43,15 @@ def test_budget_arithmetic_and_best_width(monkeypatch):
 def test_budget_that_inference_alone_exceeds(capsys):
     code = main(["budget", "--card", "ID170ZR5000-2us", "--daily-budget", "1pJ", "--network", "20-8-3",
                  "--windows-per-day", "100000", "--json"])
-    result = json.loads(capsys.readouterr().out)
+    out = json.loads(capsys.readouterr().out)
+    result = out["chip_budget"]
     assert code == 0 and result["fits"] is False and result["learning_steps_per_day"] == 0
     for field in ("energy_per_inference_j", "energy_per_learning_step_j", "learning_steps_per_day",
-                  "best_pulse_width_s", "battery_life_days", "widths"):
+                  "best_pulse_width_s", "widths"):
         assert field in result
+    # the whole wearable's day learns nothing then, and still costs the sensor and the MCU
+    assert out["learning_steps_per_day"] == 0 and out["windows_per_day"] == 100_000
+    assert out["terms_j_per_day"]["sensor"] > 0 and out["terms_j_per_day"]["programming"] == 0
 
 
 @pytest.mark.parametrize("argv, message", [

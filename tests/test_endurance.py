@@ -2,6 +2,7 @@
 and budget summaries."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -109,7 +110,7 @@ def test_budget_reports_endurance_or_says_it_is_not_available(tmp_path, monkeypa
                            network="20-8-3", compare_widths=False).endurance is None
     assert main(["budget", "--card", "ID170ZR5000-200us", "--daily-budget", "0.5J", "--network", "20-8-3",
                  "--windows-per-day", "1000"]) == 0
-    assert "worst device: pulses per day / lifetime (days)  not available" in capsys.readouterr().out
+    assert re.search(r"worst device: pulses per day / lifetime +not available", capsys.readouterr().out)
 
 
 def test_train_summary_reports_worst_device_per_run():

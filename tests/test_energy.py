@@ -99,8 +99,12 @@ def test_recost_a_saved_run_under_two_models(tmp_path, capsys):
     summary_path = tmp_path / "summary.json"
     before = summary_path.read_bytes()
     assert main(["energy", str(summary_path), "--model", "schottky-bound", "--model", "capacitive", "--json"]) == 0
-    reports = json.loads(capsys.readouterr().out)
+    out = json.loads(capsys.readouterr().out)
+    reports, band = out["reports"], out["band"]
     assert [r["model"] for r in reports] == ["schottky-bound", "capacitive"]
+    totals = [r["components_j"]["total"] for r in reports]
+    assert band["min_j"] == min(totals) and band["max_j"] == max(totals) and band["driver"] == "programming"
+    assert band["driver_range_j"] == sorted(r["components_j"]["programming"] for r in reports)
     a, b = (r["components_j"] for r in reports)
     assert a["programming"] > 1e3 * b["programming"] > 0
     assert a["digital"] == b["digital"] and a["adc"] == b["adc"]  # the rest of the chip is the same

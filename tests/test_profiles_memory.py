@@ -104,7 +104,7 @@ def test_budget_warns_or_refuses_a_configuration_that_does_not_fit(tmp_path, cap
     tinier.write_text(SMALL.replace("sram_bytes = 8192", "sram_bytes = 800").replace('"tiny"', '"tinier"'))
     # 20-8-3 mp at batch 1: 780 B of accumulator, 908 B in all
     assert main(["budget", "--card", "ID170ZR5000-2us", "--daily-budget", "1mJ", "--network", "20-8-3",
-                 "--profile", str(tinier)]) == 0
+                 "--batch-size", "1", "--profile", str(tinier)]) == 0
     out = capsys.readouterr()
     assert out.err == ("edgelearn: warning: the configuration needs 908 B (780 B of accumulator); the profile tinier "
                        "has 800 B SRAM\n")
@@ -145,3 +145,22 @@ def test_run_prints_the_memory_verdict_and_warns_when_it_does_not_fit(tmp_path, 
     assert any(line.startswith("memory (profile tiny)") and line.endswith(message) for line in out.out.splitlines())
     memory = json.loads((tmp_path / "run" / "summary.json").read_text())["memory"]
     assert memory["fits"] is False and memory["items"]["accumulator"] == 4496 and memory["items"]["window"] == 312
+
+
+def test_run_with_require_fit_is_refused_before_the_stream(tmp_path, capsys, monkeypatch):
+    from edgelearn import continual
+
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text(SMALL)
+    monkeypatch.setattr(continual, "_stream_arm", lambda *a, **k: (_ for _ in ()).throw(AssertionError("streamed")))
+    assert main(["run", "--quiet", "--profile", str(tiny), "--require-fit", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == ("edgelearn: error: the configuration needs 8.8 KiB (4.4 KiB of accumulator); "
+                                       "the profile tiny has 8 KiB SRAM\n")
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_list_profiles(capsys):
+    assert main(["budget", "--list-profiles"]) == 0
+    out = capsys.readouterr().out
+    assert "m4f-lowpower  low-power Cortex-M4F" in out and "512 KiB SRAM, typical figures" in out
+    assert "m4f-lowpower.toml" in out and "--profile my.toml" in out
