@@ -1,7 +1,7 @@
 """Training algorithms as small policy objects: how a layer's gradient becomes a weight change.
 
 - `sgd`: plain analog SGD, one stochastic pulse-train update per sample (aihwkit's pulsed SGD), or with
-  `deterministic=True` round(lr |d x| / dw_min) pulses per device and sample;
+  `deterministic=True` round(lr |sum_b d_b x_b| / dw_min) pulses per device and mini-batch;
 - `mp`: mixed-precision SGD (Nandakumar et al. 2020): the controller accumulates -lr * sum d x^T of a mini-batch in
   an int32 chi and fires trunc(chi / epsilon) pulses, epsilon = the card's granularity (or separate up/down values);
 - `sp-shift`: symmetry-point shifting: every trainable device is driven to its own symmetry point by alternating

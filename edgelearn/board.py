@@ -278,8 +278,9 @@ class Tile:
         return int(n)
 
     def update_deterministic_batch(self, xs, ds, lr: float) -> int:
-        """Plain SGD with deterministic pulse counts: per sample, round(lr |d_i x_j| / dw_min) pulses (at most
-        bl_max) on each device, no remainder kept; returns the pulses."""
+        """Plain SGD with deterministic pulse counts, one update per mini-batch: the controller sums
+        g_ij = sum_b d_bi x_bj over the batch (counted as digital MACs), then round(lr |g_ij| / dw_min) pulses (at
+        most bl_max) on each device, down where g_ij > 0, no remainder kept; returns the pulses."""
         xs, ds = self._matrix(xs, self.cols, "x batch"), self._matrix(ds, self.rows, "d batch")
         if xs.shape[0] != ds.shape[0]:
             raise EdgelearnError(f"x and d batches differ in length: {xs.shape[0]} and {ds.shape[0]}")

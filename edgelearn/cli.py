@@ -727,7 +727,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr_.add_argument("--epsilon", type=float, help="mp threshold (default: the card's granularity)")
     tr_.add_argument("--epsilon-down", type=float, help="mp threshold for down pulses (default: --epsilon)")
     tr_.add_argument("--deterministic", action="store_true",
-                     help="sgd / sp-shift: deterministic pulse counts instead of stochastic trains")
+                     help="sgd / sp-shift: deterministic pulse counts instead of stochastic trains (per mini-batch, "
+                     "no remainder kept: a small batch and a larger lr, e.g. --batch-size 8 --lr 2)")
     tr_.add_argument("--max-tile", type=int, default=1024, help="largest tile side; larger layers are split")
     tr_.add_argument("--out", help="directory for metrics.csv, summary.json and checkpoints")
     tr_.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")

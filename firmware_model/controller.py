@@ -35,7 +35,7 @@ C_CELL_READS = 7         # device reads inside MVM passes (rows * cols per pass)
 C_DEVICE_READS = 8       # single-device reads (calibration, write-verify)
 C_DAC = 9                # DAC conversions
 C_ADC = 10               # ADC conversions
-C_MACS = 11              # digital multiply-accumulates on the controller (mixed-precision chi products)
+C_MACS = 11              # digital multiply-accumulates on the controller (chi products, deterministic batch sums)
 C_ACC_UPDATES = 12       # chi accumulator read-modify-writes
 C_RNG_DRAWS = 13         # random numbers drawn by the controller (trains, output noise, c2c draws excluded)
 C_BM_REPEATS = 14        # extra passes caused by iterative bound management
@@ -263,29 +263,39 @@ def stochastic_update(state, params, table_up, table_down, c2c_std, x, d, lr, dw
 @njit(cache=True)
 def deterministic_update_batch(state, params, table_up, table_down, c2c_std, xs, ds, lr, dw_min, max_pulses, rng,
                                normal_table, device_pulses, counters):
-    """Plain SGD with deterministic pulse counts, one rank-1 update per sample: device (i, j) gets
-    n = min(round(lr |d_i x_j| / dw_min), max_pulses) pulses, down when d_i x_j > 0 (no memory of remainders).
-    Returns the pulses applied."""
+    """Plain SGD with deterministic pulse counts, one update per mini-batch: the controller sums the batch's products
+    per device, g_ij = sum_b d_bi x_bj (the mini-batch gradient: the deltas carry the 1/batch factor; summed over b
+    in order, batch * rows * cols digital MACs), then device (i, j) gets n = min(round(lr |g_ij| / dw_min),
+    max_pulses) pulses, down when g_ij > 0 (no memory of remainders). Devices are visited row by row, columns
+    ascending, one pulse_device call each. Returns the pulses applied.
+
+    Rounding per sample instead (as this kernel once did) loses every update once lr |d x| / dw_min < 0.5 per
+    sample, which the 1/batch factor makes the common case (issue 15)."""
     rows, cols = state.shape
+    batch = xs.shape[0]
+    counters[C_UPDATES] += 1
+    counters[C_MACS] += batch * rows * cols
     pulses = device_pulses[0]
+    g = np.empty(cols)
     total = 0
     n_down = 0
-    for b in range(xs.shape[0]):
-        counters[C_UPDATES] += 1
-        for i in range(rows):
+    for i in range(rows):
+        g[:] = 0.0
+        for b in range(batch):  # per device, the same order as sum_b: b ascending
             di = ds[b, i]
             for j in range(cols):
-                product = di * xs[b, j]
-                n = np.int64(min(round_half_away(lr * abs(product) / dw_min), float(max_pulses)))
-                if n == 0:
-                    continue
-                down = product > 0.0
-                pulse_device(state, params, i, j, n, POLARITY_DOWN if down else POLARITY_UP, table_up, table_down,
-                             c2c_std, rng, normal_table)
-                pulses[i, j, 1 if down else 0] += np.int32(n)
-                total += n
-                n_down += n if down else 0
-        counters[C_MACS] += rows * cols
+                g[j] += di * xs[b, j]
+        for j in range(cols):
+            gij = g[j]
+            n = np.int64(min(round_half_away(lr * abs(gij) / dw_min), float(max_pulses)))
+            if n == 0:
+                continue
+            down = gij > 0.0
+            pulse_device(state, params, i, j, n, POLARITY_DOWN if down else POLARITY_UP, table_up, table_down,
+                         c2c_std, rng, normal_table)
+            pulses[i, j, 1 if down else 0] += np.int32(n)
+            total += n
+            n_down += n if down else 0
     counters[C_PULSES_UP] += total - n_down
     counters[C_PULSES_DOWN] += n_down
     return total

@@ -311,13 +311,19 @@ def test_serial_board_matches_the_in_process_tile(card):
             start = rng.uniform(-0.5, 0.5, (3, 7))
             fw.main.state[2:5, :7] = start
             tile.state[:] = start
+            pulsed = 0
             for _ in range(4):
                 xs, ds = rng.uniform(-1, 1, (5, 7)), rng.normal(0, 0.3, (5, 3))
                 np.testing.assert_array_equal(board.forward_batch(t, xs), tile.forward_batch(xs))
                 np.testing.assert_array_equal(board.backward_batch(t, ds), tile.backward_batch(ds))
                 assert board.update_mp_batch(t, xs, ds, 0.3) == tile.update_mp_batch(xs, ds, 0.3)
                 np.testing.assert_array_equal(fw.main.state[2:5, :7], tile.state)
+                n = board.update_deterministic_batch(t, xs, ds, 2.0)  # one count matrix per batch, as the kernel
+                assert n == tile.update_deterministic_batch(xs, ds, 2.0)
+                pulsed += n
+                np.testing.assert_array_equal(fw.main.state[2:5, :7], tile.state)
                 np.testing.assert_array_equal(board.tiles[t].chi, tile.chi)
+            assert pulsed > 0
             assert (fw.main.state[:2] == 0).all() and (fw.main.state[:, 7:] == 0).all()  # other devices untouched
             counts = board.counters(t)
             np.testing.assert_array_equal(counts.pulses_per_device_up, tile.counter_report().pulses_per_device_up)

@@ -232,6 +232,34 @@ def ref_stochastic_update(tile, x, d, lr, dw_min, bl_max, update_management, rng
     return up + down
 
 
+def ref_deterministic_update_batch(tile, xs, ds, lr, dw_min, max_pulses, rng, device_pulses, counters):
+    """One update per mini-batch: g_ij = sum_b d_bi x_bj (Python floats, b ascending), then
+    min(round(lr |g_ij| / dw_min), max_pulses) pulses on device (i, j), down when g_ij > 0."""
+    batch, rows, cols = len(xs), len(ds[0]), len(xs[0])
+    counters[ctl.C_UPDATES] += 1
+    counters[ctl.C_MACS] += batch * rows * cols
+    up = down = 0
+    for i in range(rows):
+        for j in range(cols):
+            g = 0.0
+            for b in range(batch):
+                g += ds[b][i] * xs[b][j]
+            n = min(ref_round_half_away(lr * abs(g) / dw_min), max_pulses)
+            if n == 0:
+                continue
+            if g > 0:  # the descent step lowers the weight: positive (down) pulses
+                tile.pulse(i, j, n, +1, rng)
+                device_pulses[0, i, j, 1] += n
+                down += n
+            else:
+                tile.pulse(i, j, n, -1, rng)
+                device_pulses[0, i, j, 0] += n
+                up += n
+    counters[ctl.C_PULSES_UP] += up
+    counters[ctl.C_PULSES_DOWN] += down
+    return up + down
+
+
 def ref_chi_increments(x, d, lr, chi_frac_bits):
     x_max = max(abs(v) for v in x)
     if x_max == 0.0:
@@ -733,6 +761,71 @@ def test_stochastic_update_early_return():
         expected = before[3].copy()
         expected[ctl.C_UPDATES] += 1
         np.testing.assert_array_equal(counters, expected)
+
+
+@pytest.mark.parametrize("c2c_std", [0.0, 0.2])
+@pytest.mark.parametrize("seed", range(3))
+def test_deterministic_update_batch_matches_reference(seed, c2c_std):
+    rng = np.random.default_rng([750, seed, int(c2c_std > 0)])
+    rows, cols = SHAPES[seed + 1]
+    state, params, table_up, table_down = random_tile(rng, rows, cols)
+    ref = RefTile(state, params, table_up, table_down, c2c_std)
+    gen = fixed.seed_state(seed)
+    ref_gen = RefRng(gen)
+    device_pulses = random_device_pulses(rng, rows, cols)
+    pulses_before = device_pulses.copy()
+    counters = rng.integers(0, 1000, ctl.N_COUNTERS).astype(np.int64)
+    ref_pulses, ref_counters = device_pulses.astype(np.int64), counters.copy()
+    dw_min = 2.0**-8  # powers of two for dw_min and lr, so the half-pulse case below is exact
+    totals = []
+    for t in range(6):
+        batch = int(rng.integers(1, 9))
+        xs = np.stack([with_zeros(rng, rng.uniform(-1.0, 1.0, cols)) for _ in range(batch)])
+        # deltas with the 1/batch factor, as Network.gradients gives them
+        ds = np.stack([with_zeros(rng, rng.uniform(-0.3, 0.3, rows)) for _ in range(batch)]) / batch
+        ds *= 10.0 ** rng.uniform(-1.5, 0.3)
+        lr = float(rng.choice([0.0625, 0.25, 1.0]))
+        if t == 0:  # on half-pulse boundaries: lr |g| / dw_min = k / 2 exactly (halves round away from zero)
+            xs[:] = 1.0
+            ds[:] = 0.0
+            ds[0] = rng.integers(-6, 7, rows) * 0.5 * dw_min / lr
+        max_pulses = 31 if t % 3 else 4
+        got = ctl.deterministic_update_batch(state, params, table_up, table_down, c2c_std, xs, ds, lr, dw_min,
+                                             max_pulses, gen, NORMAL_TABLE, device_pulses, counters)
+        want = ref_deterministic_update_batch(ref, xs.tolist(), ds.tolist(), lr, dw_min, max_pulses, ref_gen,
+                                              ref_pulses, ref_counters)
+        assert got == want
+        assert int(gen[0]) == ref_gen.s
+        np.testing.assert_array_equal(state, ref.state())
+        np.testing.assert_array_equal(device_pulses, ref_pulses)
+        np.testing.assert_array_equal(counters, ref_counters)
+        totals.append(got)
+    assert sum(totals) > 50
+    assert (device_pulses[0, ..., 0] > pulses_before[0, ..., 0]).any()  # both directions were pulsed
+    assert (device_pulses[0, ..., 1] > pulses_before[0, ..., 1]).any()
+    np.testing.assert_array_equal(device_pulses[1], pulses_before[1])  # reference devices untouched
+
+
+def test_deterministic_update_batch_rounds_the_sum_not_each_sample():
+    """Eight samples each asking for 0.3 pulses (0 when rounded alone) give round(2.4) = 2 pulses; a product that
+    cancels over the batch gives none; an empty batch still counts one update call and no MACs."""
+    rng = np.random.default_rng(760)
+    state, params, table_up, table_down = random_tile(rng, 2, 3)
+    gen = fixed.seed_state(0)
+    device_pulses = np.zeros((2, 2, 3, 2), np.int32)
+    counters = np.zeros(ctl.N_COUNTERS, np.int64)
+    dw_min, lr, batch = 0.01, 0.1, 8
+    xs = np.tile([1.0, 0.0, 0.0], (batch, 1))
+    xs[:, 2] = [1.0, -1.0] * (batch // 2)
+    ds = np.tile([0.03, 0.0], (batch, 1))
+    got = ctl.deterministic_update_batch(state, params, table_up, table_down, 0.0, xs, ds, lr, dw_min, 31, gen,
+                                         NORMAL_TABLE, device_pulses, counters)
+    assert got == 2 and device_pulses[0, 0, 0].tolist() == [0, 2] and device_pulses.sum() == 2
+    assert counters[ctl.C_UPDATES] == 1 and counters[ctl.C_MACS] == batch * 2 * 3
+    assert counters[ctl.C_PULSES_DOWN] == 2 and counters[ctl.C_PULSES_UP] == 0
+    got = ctl.deterministic_update_batch(state, params, table_up, table_down, 0.0, xs[:0], ds[:0], lr, dw_min, 31,
+                                         gen, NORMAL_TABLE, device_pulses, counters)
+    assert got == 0 and counters[ctl.C_UPDATES] == 2 and counters[ctl.C_MACS] == batch * 2 * 3
 
 
 # ------------------------------------------------------------------------------------------------------------------

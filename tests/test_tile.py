@@ -203,14 +203,34 @@ def test_per_device_counts_fold_into_int64_totals():
 def test_deterministic_pulse_counts_are_exact():
     dw = 0.01
     tile = Tile(constant_step(dw), 2, 3, seed=0, c2c_std=0.0)
-    xs = np.array([[1.0, -0.5, 0.0], [0.2, 0.2, 0.2]])
-    ds = np.array([[0.3, -0.04], [0.0, 1.0]])
-    # lr |d x| / dw with lr 0.1 (down where d x > 0): sample 0 -> row 0: 3 down, 1.5 -> 2 up, 0; row 1: 0.4 and
-    # 0.2 round to 0; sample 1 -> row 1: 2 down on every device
+    xs = np.array([[1.0, -0.5, 0.0], [0.2, 0.2, 0.2], [1.0, 1.0, 0.0]])
+    ds = np.array([[0.3, -0.04], [0.0, 1.0], [0.0, 0.04]])
+    # one update per batch: g = sum_b d_b x_b^T, then round(lr |g| / dw) with lr 0.1 (down where g > 0):
+    # row 0: g = (0.3, -0.15, 0) -> 3 down, 1.5 -> 2 up, 0; row 1: g = (0.2, 0.26, 0.2) -> 2, 3, 2 down
+    # (per sample, row 1 would round 0.4, 0.2 and 0.4 pulses to 0 and get 2, 2, 2)
     pulses = tile.update_deterministic_batch(xs, ds, lr=0.1)
     report = tile.counter_report()
-    np.testing.assert_array_equal(report.pulses_per_device_down, [[3, 0, 0], [2, 2, 2]])
+    np.testing.assert_array_equal(report.pulses_per_device_down, [[3, 0, 0], [2, 3, 2]])
     np.testing.assert_array_equal(report.pulses_per_device_up, [[0, 2, 0], [0, 0, 0]])
-    np.testing.assert_allclose(tile.weights, [[-0.03, 0.02, 0.0], [-0.02, -0.02, -0.02]])
-    assert pulses == 11 and report.counts["pulses_up"] == 2 and report.counts["pulses_down"] == 9
-    assert report.counts["updates"] == 2 and report.counts["coincidences"] == 0
+    np.testing.assert_allclose(tile.weights, [[-0.03, 0.02, 0.0], [-0.02, -0.03, -0.02]])
+    assert pulses == 12 and report.counts["pulses_up"] == 2 and report.counts["pulses_down"] == 10
+    assert report.counts["updates"] == 1 and report.counts["coincidences"] == 0
+    assert report.counts["digital_macs"] == 3 * 2 * 3  # batch * rows * cols products summed by the controller
+
+
+def test_deterministic_update_sums_the_batch_before_rounding():
+    # issue 15: the deltas carry the 1/batch factor, so each sample alone asks for a quarter pulse (rounds to 0);
+    # the batch's sum asks for 8 * 0.25 = 2 pulses per device
+    batch, dw, lr = 8, 0.01, 0.1
+    tile = Tile(constant_step(dw), 2, 2, seed=0, c2c_std=0.0)
+    xs = np.tile([1.0, -1.0], (batch, 1))
+    ds = np.tile([0.025, 0.0], (batch, 1))
+    assert lr * 0.025 / dw == pytest.approx(0.25)
+    pulses = tile.update_deterministic_batch(xs, ds, lr=lr)
+    report = tile.counter_report()
+    np.testing.assert_array_equal(report.pulses_per_device_down, [[2, 0], [0, 0]])
+    np.testing.assert_array_equal(report.pulses_per_device_up, [[0, 2], [0, 0]])
+    assert pulses == 4 and report.counts["updates"] == 1
+    # the cap (bl_max) applies to the batch's count
+    tile = Tile(constant_step(dw), 2, 2, seed=0, c2c_std=0.0, pulses=PulseConfig(bl_max=3))
+    assert tile.update_deterministic_batch(xs, ds * 4.0, lr=lr) == 2 * 3

@@ -162,12 +162,14 @@ def test_train_cli_errors_are_one_line(capsys, tmp_path):
 
 @pytest.mark.shared
 def test_deterministic_sgd_learns_and_counts(small_mnist):
-    # with this card's coarse steps (epsilon 0.076) rounding lr |d x| / dw_min to whole pulses loses most updates:
-    # it learns little (0.14 test accuracy here, stochastic trains reach 0.31); the test checks the bookkeeping
-    config = TrainConfig(card="ID170ZR5000-20ns", algorithm="sgd", deterministic=True, epochs=2, lr=2.0,
+    # issue 15: the deltas carry the 1/batch factor, so rounding lr |d x| / dw_min per sample gave 0 pulses and chance
+    # accuracy; the controller now sums the batch's products first and rounds once per batch. Measured test accuracy
+    # with this config, seeds 0-7: 0.40 0.61 0.53 0.61 0.47 0.44 0.47 0.49 (chance 0.1)
+    config = TrainConfig(card="ID170ZR5000-20ns", algorithm="sgd", deterministic=True, epochs=4, lr=2.0,
                          batch_size=8, network="784-32-10", data_dir="unused", max_train_samples=400)
     result = train(config, progress=False, data=small_mnist)
     c = result.counters
-    assert c["coincidences"] == 0 and c["pulses_up"] + c["pulses_down"] > 1000
-    assert c["digital_macs"] == 2 * 400 * (32 * 785 + 10 * 33)  # one product per device, sample and epoch
-    assert c["updates"] == 2 * 400 * 2  # one rank-1 update per sample, per layer (one tile each), per epoch
+    assert c["coincidences"] == 0 and c["pulses_up"] > 1000 and c["pulses_down"] > 1000
+    assert result.test_accuracy > 0.25
+    assert c["digital_macs"] == 4 * 400 * (32 * 785 + 10 * 33)  # the batch sums: one product per device and sample
+    assert c["updates"] == 4 * (400 // 8) * 2  # one update per batch, per layer (one tile each), per epoch

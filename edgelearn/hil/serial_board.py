@@ -659,15 +659,17 @@ class SerialBoard:
         return self.send_counts(tile, n)
 
     def update_deterministic_batch(self, tile, xs, ds, lr):
-        """Per sample, round(lr |d_i x_j| / dw_min) pulses (at most bl_max) toward -lr d x^T."""
+        """Per mini-batch, round(lr |sum_b d_b x_b^T| / dw_min) pulses (at most bl_max) per device toward -lr sum d x^T,
+        sent as one pulse-count matrix (the batch sum formed in the order of the firmware model's kernel)."""
         t = self.tile(tile)
         dw_min = t.pulse_config.dw_min or t.card.model.dw_min_aihwkit
-        total = 0
-        for x, d in zip(np.atleast_2d(xs), np.atleast_2d(ds)):
-            dw = -float(lr) * np.outer(d, x) / dw_min
-            n = np.clip(_round_half_away(dw), -t.pulse_config.bl_max, t.pulse_config.bl_max).astype(np.int64)
-            total += self.send_counts(tile, n)
-        return total
+        xs, ds = np.atleast_2d(xs), np.atleast_2d(ds)
+        g = np.zeros((ds.shape[1], xs.shape[1]))
+        for x, d in zip(xs, ds):
+            g += np.outer(d, x)
+        dw = -float(lr) * g / dw_min
+        n = np.clip(_round_half_away(dw), -t.pulse_config.bl_max, t.pulse_config.bl_max).astype(np.int64)
+        return self.send_counts(tile, n) if n.any() else 0
 
     def update_sgd(self, tile, x, d, lr):
         return self.update_sgd_batch(tile, np.atleast_2d(x), np.atleast_2d(d), lr)
