@@ -36,18 +36,72 @@ def _print_table(rows: dict) -> None:
         print(f"{key:<{width}}  {value}")
 
 
+def _auto_or(value: str, kind, option: str):
+    """'auto' or a number of `kind` for --nodes / --smoothing, else a one-line error."""
+    if value == "auto":
+        return value
+    try:
+        return kind(value)
+    except ValueError:
+        raise EdgelearnError(f"{option}: expected a {'whole number' if kind is int else 'number'} or 'auto', got "
+                             f"'{value}'") from None
+
+
+def _card_warnings(card) -> None:
+    """The card's plausibility warnings, one line each on stderr."""
+    from .devices import card_warnings
+
+    for line in card_warnings(card):
+        print(f"edgelearn: warning: {card.card_id}: {line}", file=sys.stderr, flush=True)
+
+
 def cmd_device_fit(args) -> int:
-    from .devices import fit_device
+    from .validation import fit_card
 
     trace = _load_trace(args)
-    card = fit_device(trace, nodes=args.nodes, smoothing=args.smoothing)
+    nodes = _auto_or(str(args.nodes), int, "--nodes")
+    smoothing = _auto_or(str(args.smoothing), float, "--smoothing")
+    if args.folds < 0 or args.folds == 1:
+        raise EdgelearnError(f"--folds: expected 0 (no cross-validation) or at least 2, got {args.folds}")
+    if args.sp_resamples < 0:
+        raise EdgelearnError(f"--sp-resamples: expected 0 or more, got {args.sp_resamples}")
+    card = fit_card(trace, nodes=nodes, smoothing=smoothing, folds=args.folds, method=args.method,
+                    sp_resamples=args.sp_resamples)
     card.save(args.output)
+    _card_warnings(card)
     if args.json:
         print(json.dumps(card.summary(), indent=2))
     else:
-        _print_table(card.summary())
+        _print_table(_summary_rows(card))
         print(f"wrote {args.output}")
     return 0
+
+
+def _summary_rows(card) -> dict:
+    """A card's summary with its out-of-sample figures and stable points as readable rows."""
+    rows = card.summary()
+    f = card.figures
+    oos = f.out_of_sample or {}
+    if oos.get("nrmse") is not None:
+        rows["nrmse"] = f"{f.nrmse:.4f} (in-sample)"
+        rows["nrmse out of sample"] = (f"{oos['nrmse']:.4f} ({oos['folds']}-fold blocked cross-validation; "
+                                       f"constant-step baseline {oos['baseline_nrmse']:.4f})")
+        families = oos.get("families") or {}
+        if families:
+            rows["families, out of sample"] = ", ".join(f"{k} ({v['parameters']}) {v['out_of_sample_nrmse']:.4f}"
+                                                         for k, v in families.items())
+    elif oos.get("skipped"):
+        rows["nrmse out of sample"] = f"- ({oos['skipped']})"
+    if f.read_noise_w is not None:
+        rows["read noise (w)"] = f.read_noise_w
+    if f.stable_points:
+        rows["stable points (basin share)"] = ", ".join(f"{p['w']:+.3f} ({p['basin_fraction']:.0%})"
+                                                       for p in f.stable_points)
+    if f.symmetry_interval:
+        i = f.symmetry_interval
+        rows["symmetry point, refits"] = (f"median {i['median']:+.3f}, 90 % interval [{i['low']:+.3f}, "
+                                          f"{i['high']:+.3f}] over {i['resamples']} refits")
+    return rows
 
 
 def cmd_device_validate(args) -> int:
@@ -56,27 +110,71 @@ def cmd_device_validate(args) -> int:
     card = load_card(args.card)
     trace = _load_trace(args)
     report = validate_card(card, trace)
+    own = bool(card.provenance.source_sha256) and card.provenance.source_sha256 == trace.meta.source_sha256
+    cv = None
+    if args.folds:
+        from .validation import cross_validate
+
+        if args.folds < 2:
+            raise EdgelearnError(f"--folds: expected 0 (none) or at least 2, got {args.folds}")
+        fit = card.provenance.fit
+        cv = cross_validate(trace, args.folds, int(fit.get("nodes", 32)), float(fit.get("smoothing", 0.01)))
     if args.plot:
         from .report import plot_replay
 
         plot_replay(card, trace, args.plot)
     if args.json:
-        print(report.to_json())
+        out = dict(json.loads(report.to_json()), in_sample=own)
+        if cv is not None:
+            out["cross_validation"] = cv.to_dict()
+        print(json.dumps(out, indent=2))
     else:
-        _print_table({k: v for k, v in vars(report).items()})
+        rows = {k: v for k, v in vars(report).items()}
+        rows["nrmse"] = f"{report.nrmse:.4f} " + ("(in-sample: the card's own trace)" if own else
+                                                 "(out of sample: a trace the card was not fitted on)")
+        if cv is not None:
+            rows["refit on this trace, out of sample"] = (
+                f"{cv.out_of_sample_nrmse:.4f} ({cv.folds}-fold blocked cross-validation with the card's nodes and "
+                f"smoothing; in-sample {cv.in_sample_nrmse:.4f}; constant steps {cv.baseline_out_of_sample_nrmse:.4f})")
+        _print_table(rows)
         if args.plot:
             print(f"wrote {args.plot}")
     return 0
 
 
+def cmd_device_ensemble(args) -> int:
+    from .stability import bootstrap_cards
+
+    trace = _load_trace(args)
+    _output_dir(args.output, "-o")
+    if not 1 <= args.n <= 1000:
+        raise EdgelearnError(f"-n: expected 1 to 1000 cards, got {args.n}")
+    nodes = _auto_or(str(args.nodes), int, "--nodes")
+    if nodes == "auto":
+        raise EdgelearnError("--nodes: the ensemble refits one setting; give a number (device fit --nodes auto "
+                             "chooses one)")
+    cards = bootstrap_cards(trace, args.n, nodes=nodes, smoothing=float(args.smoothing), seed=args.seed)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    from .devices import symmetry_points
+
+    for card in cards:
+        card.save(out / f"{card.card_id}.json")
+    sps = sorted(symmetry_points(c.model)[0] for c in cards)
+    print(f"wrote {len(cards)} cards to {out} (symmetry points {sps[0]:+.3f} .. {sps[-1]:+.3f}, each on its own "
+          f"subset's w scale); sweep over them with axes.card = [\"{out}/*.json\"]")
+    return 0
+
+
 def cmd_device_show(args) -> int:
-    from .devices import load_card
+    from .devices import card_warnings, load_card
 
     card = load_card(args.card)
     if args.json:
-        print(json.dumps(card.summary(), indent=2))
+        print(json.dumps(dict(card.summary(), warnings=card_warnings(card)), indent=2))
     else:
-        _print_table(card.summary())
+        _card_warnings(card)
+        _print_table(_summary_rows(card))
     return 0
 
 
@@ -169,6 +267,10 @@ def cmd_train(args) -> int:
     from .train import train_memory
 
     profile = load_profile(args.profile)
+    if config.card:
+        from .devices import load_card
+
+        _card_warnings(load_card(config.card))
     memory = train_memory(config).check(profile)  # refused before training with --require-fit, else warned after
     if args.require_fit:
         _memory_verdict(memory, profile, True)
@@ -688,8 +790,16 @@ def build_parser() -> argparse.ArgumentParser:
     fit = dev.add_parser("fit", help="fit a device card to a measured trace")
     fit.add_argument("trace", help="trace file: edgelearn CSV or WGFMU .dat")
     _trace_options(fit)
-    fit.add_argument("--nodes", type=int, default=32, help="nodes per step table (default 32)")
-    fit.add_argument("--smoothing", type=float, default=None, help="weight of the smoothness penalty (default 0.01)")
+    fit.add_argument("--nodes", default="32", help="nodes per step table (default 32), or auto: nodes and smoothing "
+                     "chosen by blocked cross-validation (with --smoothing auto)")
+    fit.add_argument("--smoothing", default=None, help="weight of the smoothness penalty (default 0.01), or auto")
+    fit.add_argument("--method", choices=["replay", "poly5"], default="replay", help="replay: step tables fitted to "
+                     "the replayed trajectory (default); poly5: the published pipeline (np.gradient per branch, a "
+                     "degree-5 polynomial per direction on the nodes), to compare a published card on the same trace")
+    fit.add_argument("--folds", type=int, default=10, help="blocked cross-validation folds for the out-of-sample "
+                     "error (default 10; 0: none)")
+    fit.add_argument("--sp-resamples", type=int, default=0, help="refits on 70 %% subsets for the symmetry point's "
+                     "90 %% interval (e.g. 20; default 0: none, each refit costs a fit)")
     fit.add_argument("-o", "--output", required=True, help="card JSON to write")
     fit.add_argument("--json", action="store_true", help="print the card summary as JSON")
     fit.set_defaults(func=cmd_device_fit)
@@ -698,9 +808,22 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("card", help="card JSON file or bundled card name")
     val.add_argument("trace", help="trace file: edgelearn CSV or WGFMU .dat")
     _trace_options(val)
+    val.add_argument("--folds", type=int, default=0, help="also refit the card's settings on this trace with blocked "
+                     "cross-validation (e.g. 10; default 0: only the replay)")
     val.add_argument("--json", action="store_true", help="print the report as JSON")
     val.add_argument("--plot", metavar="FILE.png", help="draw measured vs replayed trajectory (needs matplotlib)")
     val.set_defaults(func=cmd_device_validate)
+
+    ens = dev.add_parser("ensemble", help="bootstrap cards of one trace (refits on random 70 %% subsets) to train or "
+                         "sweep over, so that an accuracy comes with the fit's uncertainty")
+    ens.add_argument("trace", help="trace file: edgelearn CSV or WGFMU .dat")
+    _trace_options(ens)
+    ens.add_argument("-n", type=int, default=10, help="cards (default 10)")
+    ens.add_argument("--nodes", default="32", help="nodes per step table (default 32)")
+    ens.add_argument("--smoothing", default=None, help="smoothness penalty (default 0.01)")
+    ens.add_argument("--seed", type=int, default=0, help="seed of the subsets (default 0)")
+    ens.add_argument("-o", "--output", required=True, help="folder for the card files")
+    ens.set_defaults(func=cmd_device_ensemble)
 
     show = dev.add_parser("show", help="print a card's figures")
     show.add_argument("card", help="card JSON file or bundled card name (e.g. ID170ZR5000-20ns)")

@@ -177,6 +177,15 @@ class DeviceFigures(BaseModel):
     nrmse_up: float = Field(description="the same over up (negative) pulses")
     nrmse_down: float = Field(description="the same over down (positive) pulses")
     n_pulses: int = Field(description="pulses compared in the replay (anchors excluded)")
+    read_noise_w: float | None = Field(None, description="read-noise sigma (w units) from consecutive step "
+                                       "residuals (noise_split); None on older cards")
+    parameters: int | None = Field(None, description="fitted values of the step tables (2 x nodes)")
+    out_of_sample: dict | None = Field(None, description="blocked cross-validation (edgelearn.validation): folds, "
+                                       "out-of-sample nrmse, the constant-step baseline's, the families' errors")
+    stable_points: list | None = Field(None, description="every attractor under alternating pulses with its basin "
+                                       "(edgelearn.stability.stable_points)")
+    symmetry_interval: dict | None = Field(None, description="the symmetry point's median and 90 % interval over "
+                                           "refits on subsets of the trace (edgelearn.stability)")
 
 
 class Provenance(BaseModel):
@@ -437,6 +446,50 @@ def _flat_outside(table, grid, visited):
     return table
 
 
+BOUND_ZONE = 0.02  # noise_split leaves out pulses this close (share of the range) to the bound they push toward
+
+
+def noise_split(w: np.ndarray, trace: Trace, predict) -> tuple[float, float]:
+    """(read-noise sigma in w, cycle-to-cycle relative sigma) from a trace and a fitted step law predict(w, polarity).
+
+    Cards use the read-noise figure. The cycle-to-cycle figure is biased low when the step law overfits (a 64-value
+    table on 100-200 pulses absorbs part of the write noise: 0.05-0.07 for a true 0.10 on synthetic traces), so the
+    card's dw_min_std stays the robust spread of measured / fitted steps, which includes read noise (an upper bound
+    of the write noise; `card_warnings` says when read noise explains it).
+
+    A measured step is e_k = s_k (1 + c_k) + r_k - r_(k-1) around the predicted step s_k, with write (cycle-to-cycle)
+    noise c_k and read noise r_k, all independent. Consecutive residuals share one read, so for a pair
+        var(e_k + e_(k-1)) = sigma_c^2 (s_k^2 + s_(k-1)^2) + 2 sigma_r^2
+        var(e_k - e_(k-1)) = sigma_c^2 (s_k^2 + s_(k-1)^2) + 6 sigma_r^2
+    and sigma_r^2 = (var(diff) - var(sum)) / 4, sigma_c^2 = (3 var(sum) - var(diff)) / 4 / mean((s_k^2 + s_(k-1)^2)/2).
+    Variances are robust (1.4826 MAD, squared), so pulses clipped at a bound do not count; each estimate is bounded at
+    0 (residuals correlated positively are misfit, not read noise: sigma_r = 0). Dividing by the mean squared step,
+    not step by step, keeps read noise on near-zero steps from becoming an absurd sigma_c. Pairs are consecutive
+    pulses of one polarity, neither an anchor nor within BOUND_ZONE of the range from the bound it pushes toward.
+    """
+    before = np.roll(w, 1)
+    step = (w - before) * -trace.polarity
+    predicted = predict(before, trace.polarity)
+    # pulses pushing into the bound they start or end near are clipped, not noisy: left out
+    edge = BOUND_ZONE * float(w.max() - w.min())
+    toward = np.where(trace.polarity < 0, w.max() - np.maximum(w, before), np.minimum(w, before) - w.min())
+    keep = ~trace.anchors & (toward > edge)
+    resid = np.where(keep, step - predicted, 0.0)
+    pair = keep[1:] & keep[:-1] & (trace.polarity[1:] == trace.polarity[:-1])
+    if pair.sum() < 4:
+        return 0.0, 0.0
+    e1, e0 = resid[1:][pair], resid[:-1][pair]
+
+    def robust_var(x):
+        return float((1.4826 * np.median(np.abs(x - np.median(x)))) ** 2)
+
+    v_sum, v_diff = robust_var(e1 + e0), robust_var(e1 - e0)
+    mean_sq = float(np.mean(0.5 * (predicted[1:][pair] ** 2 + predicted[:-1][pair] ** 2)))
+    read_var = max(0.0, (v_diff - v_sum) / 4.0)
+    write_var = max(0.0, (3.0 * v_sum - v_diff) / 4.0) / mean_sq if mean_sq > 0 else 0.0
+    return math.sqrt(read_var), math.sqrt(write_var)
+
+
 def fit_subset(n: int, max_pulses: int | None = None, blocks: int | None = None) -> np.ndarray | None:
     """Rows of an n-pulse trace the fit uses: None (all) up to max_pulses (default MAX_FIT_PULSES), else `blocks`
     (default FIT_BLOCKS) evenly spaced runs of max_pulses // blocks consecutive pulses from the start to the end."""
@@ -525,8 +578,24 @@ def fit_device(trace: Trace, nodes: int = DEFAULT_NODES, smoothing: float = DEFA
     predicted = np.where(pol < 0, np.interp(before, grid, up), np.interp(before, grid, down))
     ratio = step / predicted - 1.0
     c2c = float(1.4826 * np.median(np.abs(ratio - np.median(ratio)))) if ratio.size else 0.0
+    read_noise, _ = noise_split(w, trace, lambda b, p: np.where(p < 0, np.interp(b, grid, up),
+                                                                 np.interp(b, grid, down)))
 
     model = PiecewiseStepModel.from_absolute(w_min, w_max, up, down, dw_min_std=c2c)
+    fit = dict(nodes=nodes, smoothing=smoothing, method="least_squares(trf) on replay residuals",
+               cost=float(result.cost), evaluations=int(result.nfev), status=int(result.status),
+               noise="c2c: robust spread of measured / fitted step (read noise included); read noise: noise_split "
+                     "(pairs of consecutive step residuals)",
+               **({} if subset is None else dict(pulses_fitted=int(len(subset)), blocks=FIT_BLOCKS)))
+    return card_from_fit(trace, w, (g_ref, g_min, g_max), model, before, pol, variation, fit, read_noise, 2 * nodes)
+
+
+def card_from_fit(trace: Trace, w: np.ndarray, g_scale: tuple, model: PiecewiseStepModel, before, pol,
+                  variation: DeviceVariation | None, fit: dict, read_noise: float | None,
+                  parameters: int | None) -> DeviceCard:
+    """The card around a fitted model (any fitting method): replay errors, symmetry points, measured ranges, states,
+    area, provenance. before / pol: each compared pulse's starting state and polarity (_local_steps)."""
+    g_ref, g_min, g_max = g_scale
     replayed = replay_trace(model, w, trace)
     errors = _replay_errors(w, replayed, trace)
     sym, sym_sim, pairs = symmetry_points(model)
@@ -535,7 +604,7 @@ def fit_device(trace: Trace, nodes: int = DEFAULT_NODES, smoothing: float = DEFA
     area, area_rule = device_area(trace.meta.device_id)
     meta: TraceMeta = trace.meta
     stamp = meta.measured_at.replace("-", "").replace(":", "") or "untimed"
-    card = DeviceCard(
+    return DeviceCard(
         card_id=f"{meta.device_id}-{width_label(meta.pulse_width_s)}-{stamp}",
         device_id=meta.device_id, pulse_width_s=meta.pulse_width_s, read_voltage_v=meta.read_voltage_v,
         area_m2=area, area_rule=area_rule, g_ref_s=g_ref, g_min_s=g_min, g_max_s=g_max, model=model,
@@ -546,20 +615,72 @@ def fit_device(trace: Trace, nodes: int = DEFAULT_NODES, smoothing: float = DEFA
             symmetry_point_measured=bool(max(range_up[0], range_down[0]) <= sym <= min(range_up[1], range_down[1])),
             measured_range_up=range_up, measured_range_down=range_down,
             n_states=effective_states(model), on_off_ratio=g_max / g_min, nrmse=errors["nrmse"],
-            nrmse_up=errors["nrmse_up"], nrmse_down=errors["nrmse_down"], n_pulses=errors["n_pulses"]),
+            nrmse_up=errors["nrmse_up"], nrmse_down=errors["nrmse_down"], n_pulses=errors["n_pulses"],
+            read_noise_w=read_noise, parameters=parameters),
         provenance=Provenance(
             source_file=meta.source or Path(trace.path).name, source_sha256=meta.source_sha256,
             measured_at=meta.measured_at, selection=meta.selection,
             voltage_range=meta.voltage_range.model_dump() if meta.voltage_range else None,
-            n_trace_pulses=len(trace),
-            fit=dict(nodes=nodes, smoothing=smoothing, method="least_squares(trf) on replay residuals",
-                     cost=float(result.cost), evaluations=int(result.nfev), status=int(result.status),
-                     **({} if subset is None else dict(pulses_fitted=int(len(subset)), blocks=FIT_BLOCKS)))),
+            n_trace_pulses=len(trace), fit=fit),
     )
-    return card
 
 
 # ------------------------------------------------------------------------------------------- derived figures
+
+
+OUT_OF_SAMPLE_RATIO_WARN = 5.0  # out-of-sample / in-sample error above this: the in-sample figure overstates ...
+OUT_OF_SAMPLE_WARN = 0.05  # ... when the out-of-sample error is also at least this (issue 15's target)
+
+
+def card_warnings(card: DeviceCard) -> list[str]:
+    """Plausibility problems of a card, one line each (printed by `device fit`, `device show` and `train`): absurd
+    cycle-to-cycle noise, read noise larger than a step, a symmetry point at a bound or on extrapolated steps, fewer
+    pulses than fitted parameters, an out-of-sample error far above the in-sample one or no better than constant
+    steps, several stable points."""
+    f, m = card.figures, card.model
+    out = []
+    if m.dw_min_std > 1.0:
+        why = ""
+        if f.read_noise_w is not None and f.granularity > 0:
+            from_reads = math.sqrt(2.0) * f.read_noise_w / f.granularity
+            why = (f"; read noise alone spreads a step at w = 0 by {from_reads:.2f} (sqrt 2 x {f.read_noise_w:.3g} / "
+                   f"{f.granularity:.3g}), so the sigma is mostly read noise, not write noise")
+        out.append(f"cycle-to-cycle sigma {m.dw_min_std:.2f} > 1: about {_wrong_way(m.dw_min_std):.0%} of pulses "
+                   f"would move the weight the wrong way{why}")
+    if f.read_noise_w is not None and f.read_noise_w > f.granularity:
+        out.append(f"read noise {f.read_noise_w:.3g} (w) exceeds the step at w = 0 ({f.granularity:.3g}): single "
+                   "reads cannot resolve one pulse")
+    span = m.w_max - m.w_min
+    if min(f.symmetry_point - m.w_min, m.w_max - f.symmetry_point) <= 0.01 * span:
+        out.append(f"symmetry point {f.symmetry_point:+.3f} at a bound of [{m.w_min:+.3f}, {m.w_max:+.3f}]")
+    elif not f.symmetry_point_measured:
+        out.append(f"symmetry point {f.symmetry_point:+.3f} rests on extrapolated steps (outside the states both "
+                   "directions were measured from)")
+    if f.parameters is not None and f.n_pulses < f.parameters:
+        out.append(f"{f.n_pulses} pulses for {f.parameters} fitted parameters: fewer pulses than parameters "
+                   "(fit with fewer --nodes)")
+    oos = f.out_of_sample or {}
+    if oos.get("nrmse") is not None and oos["nrmse"] >= OUT_OF_SAMPLE_WARN and \
+            oos["nrmse"] > OUT_OF_SAMPLE_RATIO_WARN * f.nrmse:
+        out.append(f"out-of-sample error {oos['nrmse']:.3f} is {oos['nrmse'] / f.nrmse:.0f}x the in-sample "
+                   f"{f.nrmse:.4f} ({oos.get('folds')}-fold blocked cross-validation): the in-sample figure "
+                   "overstates what the card predicts")
+    if oos.get("nrmse") is not None and oos.get("baseline_nrmse") is not None and \
+            oos["nrmse"] >= oos["baseline_nrmse"]:
+        out.append(f"out of sample the card ({oos['nrmse']:.3f}) does not beat a constant-step model "
+                   f"({oos['baseline_nrmse']:.3f})")
+    stable = f.stable_points
+    if stable and len(stable) > 1:
+        where = ", ".join(f"{p['w']:+.2f}" for p in stable)
+        out.append(f"{len(stable)} stable points under alternating pulses ({where}): where a weight settles depends "
+                   "on where it starts")
+    return out
+
+
+def _wrong_way(sigma: float) -> float:
+    """Share of pulses whose relative step 1 + sigma * N(0, 1) is negative."""
+    return 0.5 * math.erfc(1.0 / (sigma * math.sqrt(2.0)))
+
 
 
 def symmetry_points(model: PiecewiseStepModel) -> tuple[float, float, int]:

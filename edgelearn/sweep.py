@@ -96,12 +96,21 @@ def _config_class(kind: str):
 
 
 def _expand_cards(values: list, source) -> list:
-    """Glob patterns (containing * ? [) expand to the matching bundled card ids, sorted; other values stay."""
+    """Glob patterns (containing * ? [) expand to the matching bundled card ids, sorted, or, for a pattern with a
+    folder or ending in .json, to the matching card files (e.g. a bootstrap ensemble: "cards/ID170-b*.json",
+    relative to the working directory); other values stay."""
+    import glob
+
     from .devices import bundled_cards
 
     out = []
     for value in values:
-        if isinstance(value, str) and any(ch in value for ch in "*?["):
+        if isinstance(value, str) and any(ch in value for ch in "*?[") and ("/" in value or value.endswith(".json")):
+            files = sorted(glob.glob(value))
+            if not files:
+                raise InputError(source, f"card pattern '{value}' matches no card file", field="axes.card")
+            out += files
+        elif isinstance(value, str) and any(ch in value for ch in "*?["):
             ids = sorted(bundled_cards())
             matches = [c for c in ids if fnmatch.fnmatch(c, value)]
             if not matches:

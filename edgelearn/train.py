@@ -131,6 +131,7 @@ class TrainResult:
     weight_histograms: dict = field(default_factory=dict)
     endurance: dict = field(default_factory=dict)  # worst device's wear over the run ({} digital): _run_endurance
     memory: dict = field(default_factory=dict)  # SRAM the controller needs (edgelearn.memory.MemoryReport)
+    card_checks: dict = field(default_factory=dict)  # the card's symmetry point, its interval, stable points, warnings
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,6 +139,22 @@ class TrainResult:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
+
+
+def card_checks(card) -> dict:
+    """What a reader of a training summary needs to weigh it by the card: the symmetry point (plain SGD drifts
+    there), its interval over refits and every stable point when the card carries them, and the card's warnings."""
+    if card is None:
+        return {}
+    from .devices import card_warnings
+
+    f = card.figures
+    return dict(symmetry_point=f.symmetry_point, symmetry_point_simulated=f.symmetry_point_simulated,
+                symmetry_interval={k: f.symmetry_interval[k] for k in ("median", "low", "high", "level", "resamples")}
+                if f.symmetry_interval else None,
+                stable_points=[dict(w=p["w"], basin_fraction=p["basin_fraction"]) for p in f.stable_points]
+                if f.stable_points else None,
+                out_of_sample_nrmse=(f.out_of_sample or {}).get("nrmse"), warnings=card_warnings(card))
 
 
 def _run_endurance(network: Network, card) -> dict:
@@ -282,7 +299,7 @@ def _train(config: TrainConfig, out: Path | None, resume: bool, progress: bool, 
                          test_accuracy=test, calibration=calibration, counters=_counter_totals(network),
                          wall_s=time.perf_counter() - start_wall, resumed_from_epoch=first_epoch - 1 if resume else 0,
                          digital_macs=digital_macs, endurance=_run_endurance(network, card),
-                         memory=train_memory(config).to_dict())
+                         memory=train_memory(config).to_dict(), card_checks=card_checks(card))
     if out is not None:
         write_atomically(out / "summary.json", result.to_json() + "\n")
     return result
