@@ -636,7 +636,8 @@ def card_warnings(card: DeviceCard) -> list[str]:
     """Plausibility problems of a card, one line each (printed by `device fit`, `device show` and `train`): absurd
     cycle-to-cycle noise, read noise larger than a step, a symmetry point at a bound or on extrapolated steps, fewer
     pulses than fitted parameters, an out-of-sample error far above the in-sample one or no better than constant
-    steps, several stable points."""
+    steps, the largest basin of attraction under alternating pulses at a bound (device show lists every stable
+    point)."""
     f, m = card.figures, card.model
     out = []
     if m.dw_min_std > 1.0:
@@ -669,11 +670,12 @@ def card_warnings(card: DeviceCard) -> list[str]:
             oos["nrmse"] >= oos["baseline_nrmse"]:
         out.append(f"out of sample the card ({oos['nrmse']:.3f}) does not beat a constant-step model "
                    f"({oos['baseline_nrmse']:.3f})")
-    stable = f.stable_points
-    if stable and len(stable) > 1:
-        where = ", ".join(f"{p['w']:+.2f}" for p in stable)
-        out.append(f"{len(stable)} stable points under alternating pulses ({where}): where a weight settles depends "
-                   "on where it starts")
+    stable = f.stable_points or []
+    main = max(stable, key=lambda p: p.get("basin_fraction", 0.0), default=None)
+    if main is not None and main.get("at_bound"):
+        where = ", ".join(f"{p['w']:+.2f} ({p.get('basin_fraction', 0.0):.0%})" for p in stable)
+        out.append(f"under alternating pulses most states settle at a bound ({main['w']:+.2f}); stable points "
+                   f"(basin share): {where}")
     return out
 
 

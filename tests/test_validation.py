@@ -121,7 +121,9 @@ def test_card_warnings_fire_on_implausible_cards():
     bad.model.dw_min_std = 3.8
     bad.figures.parameters, bad.figures.n_pulses = 64, 40
     bad.figures.out_of_sample = dict(folds=5, nrmse=0.2, baseline_nrmse=0.1)
-    bad.figures.stable_points = [dict(w=-0.87), dict(w=0.16), dict(w=1.13)]
+    bad.figures.stable_points = [dict(w=-0.87, basin_fraction=0.05, at_bound=True),
+                                 dict(w=0.16, basin_fraction=0.25, at_bound=False),
+                                 dict(w=1.13, basin_fraction=0.70, at_bound=True)]
     bad.figures.symmetry_point = bad.model.w_max
     lines = card_warnings(bad)
     assert lines[0].startswith("cycle-to-cycle sigma 3.80 > 1: about 40% of pulses would move the weight the wrong")
@@ -129,7 +131,8 @@ def test_card_warnings_fire_on_implausible_cards():
     assert "40 pulses for 64 fitted parameters: fewer pulses than parameters" in " ".join(lines)
     assert any(f"out-of-sample error 0.200 is {0.2 / f.nrmse:.0f}x the in-sample" in line for line in lines)
     assert any("does not beat a constant-step model (0.100)" in line for line in lines)
-    assert any(line.startswith("3 stable points under alternating pulses (-0.87, +0.16, +1.13)") for line in lines)
+    assert any(line.startswith("under alternating pulses most states settle at a bound (+1.13); stable points "
+                               "(basin share): -0.87 (5%), +0.16 (25%), +1.13 (70%)") for line in lines)
 
 
 def test_device_fit_cli_reports_out_of_sample_and_warns(tmp_path, capsys):
