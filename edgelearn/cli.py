@@ -80,6 +80,8 @@ def cmd_device_fit(args) -> int:
 def _summary_rows(card) -> dict:
     """A card's summary with its out-of-sample figures and stable points as readable rows."""
     rows = card.summary()
+    rows.pop("nrmse_out_of_sample", None)  # shown below with its protocol
+    rows.pop("read_noise_w", None)
     f = card.figures
     oos = f.out_of_sample or {}
     if oos.get("nrmse") is not None:
@@ -186,10 +188,12 @@ def cmd_device_list(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'card':44s} {'epsilon':>8s} {'sym.pt':>7s} {'states':>7s} {'on/off':>7s} {'nrmse':>7s}")
+    print(f"{'card':44s} {'epsilon':>8s} {'sym.pt':>7s} {'states':>7s} {'on/off':>7s} {'nrmse':>7s} {'oos':>7s}")
     for r in rows:
+        oos = r.get("nrmse_out_of_sample")
         print(f"{r['card_id']:44s} {r['granularity']:8.4f} {r['symmetry_point']:+7.3f} {r['n_states']:7.1f} "
-              f"{r['on_off_ratio']:7.2f} {r['nrmse']:7.4f}")
+              f"{r['on_off_ratio']:7.2f} {r['nrmse']:7.4f} {'-' if oos is None else f'{oos:.4f}':>7s}")
+    print("nrmse: in-sample (the card's own trace); oos: blocked cross-validation (docs/devices.md)")
     return 0
 
 

@@ -255,6 +255,7 @@ class DeviceCard(BaseModel):
                     up_down=self.model.up_down, w_min=self.model.w_min, w_max=self.model.w_max,
                     n_states=f.n_states, on_off_ratio=f.on_off_ratio, dw_min_std=self.model.dw_min_std,
                     g_min_s=self.g_min_s, g_max_s=self.g_max_s, area_m2=self.area_m2, nrmse=f.nrmse,
+                    nrmse_out_of_sample=(f.out_of_sample or {}).get("nrmse"), read_noise_w=f.read_noise_w,
                     source_file=self.provenance.source_file)
 
     def to_json(self) -> str:

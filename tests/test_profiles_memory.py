@@ -128,7 +128,8 @@ def test_train_prints_the_memory_verdict(tmp_path, capsys):
                  "--max-train-samples", "64", "--data-dir", str(data), "--out", str(tmp_path / "run"), "--quiet",
                  "--profile", "m33"])
     out = capsys.readouterr()
-    assert code == 0 and out.err == ""
+    # stderr holds only the card's own plausibility warnings (docs/devices.md, "Warnings"), no memory warning
+    assert code == 0 and all(line.startswith("edgelearn: warning: ID170ZR5000-2us-") for line in out.err.splitlines())
     row = next(line for line in out.out.splitlines() if line.startswith("memory (profile m33)"))
     assert row.split(None, 3)[-1].startswith("fits: ") and row.endswith("of 512 KiB SRAM")
     memory = json.loads((tmp_path / "run" / "summary.json").read_text())["memory"]

@@ -49,6 +49,41 @@ def fit_one(path: Path):
     return card, poly5, time.perf_counter() - t0
 
 
+def keep_committed(card):
+    """The refitted card, but with the committed card's model and base figures when the committed fit is as good: same
+    conductance scale and a replay cost at most 1 % above the refit's. The replay objective is not convex and the
+    optimiser's path depends on floating-point noise (another process or BLAS build): refits land 1e-13 to 1e-9 from
+    the committed tables, and once (ID170ZR5000 2 us) in another local minimum 0.25 % lower in cost with tables up to
+    5 % apart at weakly constrained nodes. Keeping the committed fit then keeps every result trained on it
+    reproducible; a refit better by more than 1 % is written as fitted."""
+    import numpy as np
+
+    from edgelearn.devices import DeviceCard
+
+    path = REPO / "traces" / "cards" / f"{card.card_id}.json"
+    if not path.exists():
+        return card
+    old = DeviceCard.model_validate_json(path.read_text())
+    same_scale = np.allclose([old.g_ref_s, old.g_min_s, old.g_max_s], [card.g_ref_s, card.g_min_s, card.g_max_s],
+                             rtol=1e-9)
+    old_cost, new_cost = old.provenance.fit.get("cost"), card.provenance.fit.get("cost")
+    if not same_scale or old_cost is None or old_cost > 1.01 * new_cost:
+        return card
+    kept = card.model_copy(deep=True)
+    kept.model, kept.g_ref_s, kept.g_min_s, kept.g_max_s = old.model, old.g_ref_s, old.g_min_s, old.g_max_s
+    base = old.figures.model_dump(exclude_none=True)
+    kept.figures = kept.figures.model_copy(update={k: v for k, v in base.items()
+                                                   if k not in ("read_noise_w", "parameters", "out_of_sample",
+                                                                "stable_points", "symmetry_interval")})
+    kept.provenance.fit = dict(card.provenance.fit, cost=old_cost, evaluations=old.provenance.fit.get("evaluations"))
+    if abs(old_cost - new_cost) > 1e-9 * old_cost:
+        kept.provenance.fit["kept_committed_fit"] = f"refit cost {new_cost:.6g}, committed {old_cost:.6g}"
+    from edgelearn.stability import stable_points
+
+    kept.figures.stable_points = [p.to_dict() for p in stable_points(kept.model)]
+    return kept
+
+
 def table(cards) -> str:
     lines = [
         "| card | pulse width | pulses | ε (granularity) | symmetry point (tables / simulated) | measured there? "
@@ -148,7 +183,8 @@ def main() -> int:
                   f"nrmse={card.figures.nrmse:.4f} oos={o.get('nrmse') or float('nan'):.3f} ({o.get('folds')} folds) "
                   f"{wall:.0f}s", flush=True)
     traces = {path.name: load_trace(path) for path in files}
-    cards.sort(key=lambda c: (c.device_id, c.pulse_width_s, c.card_id))
+    cards = sorted((keep_committed(c) if c.device_id in BUNDLED_DEVICES else c for c in cards),
+                   key=lambda c: (c.device_id, c.pulse_width_s, c.card_id))
     outputs = {REPO / "traces" / "cards" / f"{c.card_id}.json": c.to_json() + "\n"
                for c in cards if c.device_id in BUNDLED_DEVICES}
     doc = REPO / "docs" / "devices.md"
