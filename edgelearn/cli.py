@@ -47,11 +47,11 @@ def _auto_or(value: str, kind, option: str):
                              f"'{value}'") from None
 
 
-def _card_warnings(card) -> None:
+def _card_warnings(card, implausible_only: bool = False) -> None:
     """The card's plausibility warnings, one line each on stderr."""
     from .devices import card_warnings
 
-    for line in card_warnings(card):
+    for line in card_warnings(card, implausible_only):
         print(f"edgelearn: warning: {card.card_id}: {line}", file=sys.stderr, flush=True)
 
 
@@ -271,10 +271,6 @@ def cmd_train(args) -> int:
     from .train import train_memory
 
     profile = load_profile(args.profile)
-    if config.card:
-        from .devices import load_card
-
-        _card_warnings(load_card(config.card))
     memory = train_memory(config).check(profile)  # refused before training with --require-fit, else warned after
     if args.require_fit:
         _memory_verdict(memory, profile, True)
@@ -293,6 +289,10 @@ def cmd_train(args) -> int:
             f"{e['worst_device_pulses']} / {'unlimited (no pulses)' if runs is None else f'{runs:.3g}'} "
             f"(endurance {e['endurance_cycles']:.3g} cycles, {e['endurance_source']})")
     summary[f"memory (profile {profile.name})"] = _memory_verdict(memory, profile, False)
+    if config.card:  # after the run, so that a bad option is still one line; all checks are in summary.json
+        from .devices import load_card
+
+        _card_warnings(load_card(config.card), implausible_only=True)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

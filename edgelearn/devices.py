@@ -633,12 +633,13 @@ OUT_OF_SAMPLE_RATIO_WARN = 5.0  # out-of-sample / in-sample error above this: th
 OUT_OF_SAMPLE_WARN = 0.05  # ... when the out-of-sample error is also at least this (issue 15's target)
 
 
-def card_warnings(card: DeviceCard) -> list[str]:
+def card_warnings(card: DeviceCard, implausible_only: bool = False) -> list[str]:
     """Plausibility problems of a card, one line each (printed by `device fit`, `device show` and `train`): absurd
     cycle-to-cycle noise, read noise larger than a step, a symmetry point at a bound or on extrapolated steps, fewer
     pulses than fitted parameters, an out-of-sample error far above the in-sample one or no better than constant
     steps, the largest basin of attraction under alternating pulses at a bound (device show lists every stable
-    point)."""
+    point). implausible_only: leave out the two out-of-sample lines, which hold for most measured cards (what `train`
+    prints; its summary keeps them all)."""
     f, m = card.figures, card.model
     out = []
     if m.dw_min_std > 1.0:
@@ -661,7 +662,7 @@ def card_warnings(card: DeviceCard) -> list[str]:
     if f.parameters is not None and f.n_pulses < f.parameters:
         out.append(f"{f.n_pulses} pulses for {f.parameters} fitted parameters: fewer pulses than parameters "
                    "(fit with fewer --nodes)")
-    oos = f.out_of_sample or {}
+    oos = {} if implausible_only else (f.out_of_sample or {})
     if oos.get("nrmse") is not None and oos["nrmse"] >= OUT_OF_SAMPLE_WARN and \
             oos["nrmse"] > OUT_OF_SAMPLE_RATIO_WARN * f.nrmse:
         out.append(f"out-of-sample error {oos['nrmse']:.3f} is {oos['nrmse'] / f.nrmse:.0f}x the in-sample "
