@@ -19,7 +19,7 @@ from edgelearn.devices import load_card
 from edgelearn.errors import EdgelearnError
 from edgelearn.hil import BoardReportedError, HilError, SerialBoard, SerialLink, characterize, resume_characterization
 from edgelearn.hil.emulator import BoardEmulator, BoardFirmware, Faults
-from edgelearn.hil.lab import journal_path
+from edgelearn.hil.lab import journal_path, journal_rows
 from firmware_model import protocol as p
 from hil_fakes import ScriptedPort
 
@@ -297,13 +297,22 @@ def test_kill_9_of_hil_characterize_then_resume(tmp_path):
 
 
 def test_a_board_that_goes_away_leaves_the_prefix_and_says_how_to_resume(tmp_path, capsys, card):
+    from edgelearn.hil.emulator import warm_up
+
+    warm_up(card)  # kernels compiled before the first command, as the CLI emulator does
     emu = BoardEmulator(BoardFirmware([card], 2, 2)).start()
     out = tmp_path / "t.csv"
     import threading
 
-    threading.Timer(0.8, emu.stop).start()
+    def pull_the_plug():  # once some pulses are on disk (a fixed delay raced a slow start on a loaded machine)
+        deadline = time.monotonic() + 120.0
+        while time.monotonic() < deadline and journal_rows(journal_path(out)) < 5:
+            time.sleep(0.02)
+        emu.stop()
+
+    threading.Thread(target=pull_the_plug, daemon=True).start()
     code = main(["hil", "characterize", "--port", emu.url, "--pulse-width", "20ns", "--pulses", "100000",
-                 "--cycles", "1", "-o", str(out), "--quiet", "--timeout", "2"])
+                 "--cycles", "1", "-o", str(out), "--quiet", "--timeout", "20"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "pulses measured so far are in" in err and err.endswith("rerun with --resume to continue")
