@@ -805,6 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--sp-resamples", type=int, default=0, help="refits on 70 %% subsets for the symmetry point's "
                      "90 %% interval (e.g. 20; default 0: none, each refit costs a fit)")
     fit.add_argument("-o", "--output", required=True, help="card JSON to write")
+    fit.add_argument("--quiet", action="store_true", help="no status lines")
     fit.add_argument("--json", action="store_true", help="print the card summary as JSON")
     fit.set_defaults(func=cmd_device_fit)
 

@@ -16,6 +16,7 @@ RMS conductance error over compared pulses divided by the trace's measured condu
 from __future__ import annotations
 
 import json
+import logging
 import math
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -28,6 +29,7 @@ from .devices import (DEFAULT_NODES, DEFAULT_SMOOTHING, DeviceCard, PiecewiseSte
 from .errors import EdgelearnError, EdgelearnWarning
 from .traces import Trace
 
+_log = logging.getLogger(__name__)  # status lines (the CLI prints them on stderr unless --quiet)
 DEFAULT_FOLDS = 10  # stretches of a tenth of the trace (5 folds make the first one pure extrapolation)
 MIN_FOLD_PULSES = 3  # a held-out stretch compares at least this many pulses
 
@@ -271,6 +273,8 @@ def fit_card(trace: Trace, nodes: int | str = DEFAULT_NODES, smoothing: float | 
     if folds:
         # a short trace gets fewer folds (each held-out stretch keeps MIN_FOLD_PULSES + 1 rows); the card says how many
         folds = max(2, min(folds, len(trace) // (MIN_FOLD_PULSES + 1)))
+        _log.info(f"out-of-sample check: {folds} refits (blocked cross-validation) and {len(families)} families "
+                  "(--folds 0 skips it)")
         try:
             cv = cross_validate(trace, folds, int(nodes), float(smoothing), card, method)
         except EdgelearnError as exc:
@@ -290,6 +294,7 @@ def fit_card(trace: Trace, nodes: int | str = DEFAULT_NODES, smoothing: float | 
     if sp_resamples and method == "replay":
         from .stability import symmetry_interval
 
+        _log.info(f"symmetry point's interval: {sp_resamples} refits on 70 % subsets")
         i = symmetry_interval(trace, int(nodes), float(smoothing), resamples=sp_resamples)
         # on the card's w scale (the full trace's, as the card) the card's own figure is i.full_analytic
         figures.symmetry_interval = dict(
