@@ -415,25 +415,17 @@ def cmd_budget(args) -> int:
         from .devices import load_card
         from .memory import memory_footprint
         from .network import parse_sizes
-        from .system import quick_estimate
+        from .system import check_quick_options, quick_estimate
 
         algorithm, network = args.algorithm or "mp", args.network or "paper"
         batch = 8 if args.batch_size is None else args.batch_size
-        for option, value, ok, expected in (
-                ("--batch-size", batch, batch >= 1, "must be at least 1"),
-                ("--label-rate", args.label_rate, args.label_rate is None or 0 <= args.label_rate <= 1,
-                 "must be between 0 and 1"),
-                ("--channels", args.channels, args.channels is None or args.channels >= 1, "must be at least 1"),
-                ("--rate-hz", args.rate_hz, args.rate_hz is None or 0 < args.rate_hz <= 100_000,
-                 "must be above 0 and at most 100000"),
-                ("--windows-per-day", args.windows_per_day, args.windows_per_day is None or args.windows_per_day >= 0,
-                 "must not be negative")):
-            if not ok:
-                raise EdgelearnError(f"{option} {expected}, got {value}")
+        label_rate = 0.1 if args.label_rate is None else args.label_rate
+        channels = 6 if args.channels is None else args.channels
+        rate = args.rate_hz if args.rate_hz is not None else (profile.imu.odr_hz if profile.imu else 100.0)
+        check_quick_options(batch, label_rate, rate, channels, args.windows_per_day)  # before any measuring
         memory = memory_footprint(parse_sizes(network), algorithm, batch=batch)
         _memory_verdict(memory, profile, args.require_fit)  # before the step costs are measured
         card = load_card(args.card)
-        rate = args.rate_hz if args.rate_hz is not None else (profile.imu.odr_hz if profile.imu else 100.0)
         steps = None
         if args.daily_budget is not None:  # the chip's own daily budget decides the learning steps
             budget = parse_quantity(args.daily_budget, "J", "--daily-budget")
@@ -441,10 +433,8 @@ def cmd_budget(args) -> int:
                             windows_per_day=args.windows_per_day if args.windows_per_day is not None else 67_500,
                             network=network, battery_mah=None, battery_v=None, batch_size=batch)
             steps = chip.learning_steps_per_day
-        work = quick_estimate(card, algorithm, network, batch_size=batch,
-                              label_rate=0.1 if args.label_rate is None else args.label_rate,
-                              learning_steps_per_day=steps, rate_hz=rate,
-                              channels=6 if args.channels is None else args.channels,
+        work = quick_estimate(card, algorithm, network, batch_size=batch, label_rate=label_rate,
+                              learning_steps_per_day=steps, rate_hz=rate, channels=channels,
                               windows_per_day=args.windows_per_day if args.daily_budget is None else
                               chip.windows_per_day, energy_model="schottky-bound")
     models = args.model or [work.energy_model] + [m for m in BUILTIN_MODELS if m != work.energy_model]

@@ -795,7 +795,7 @@ def run_system(result: RunResult, config: RunConfig, profile) -> dict:
     from .energy import BUILTIN_MODELS
     from .system import system_budget, workload_from_run
 
-    work = workload_from_run(json.loads(result.to_json()), "this run")
+    work = workload_from_run(asdict(result), "this run")
     models = [config.energy_model] + [m for m in BUILTIN_MODELS if m != config.energy_model]
     return asdict(system_budget(work, profile, models))
 

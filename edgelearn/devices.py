@@ -491,6 +491,51 @@ def noise_split(w: np.ndarray, trace: Trace, predict) -> tuple[float, float]:
     return math.sqrt(read_var), math.sqrt(write_var)
 
 
+def conductance_scale(g) -> tuple[float, float, float]:
+    """(g_ref, g_min, g_max) of a trace's w normalisation: its mean, min and max conductance."""
+    g = np.asarray(g, float)
+    return float(g.mean()), float(g.min()), float(g.max())
+
+
+def to_weight(g, scale: tuple[float, float, float]) -> np.ndarray:
+    """w = 2 (G - g_ref) / (g_max - g_min) for scale = (g_ref, g_min, g_max) (as DeviceCard.weight_from_conductance)."""
+    g_ref, g_min, g_max = scale
+    return 2.0 * (np.asarray(g, float) - g_ref) / (g_max - g_min)
+
+
+def fit_inputs(trace: Trace, nodes: int):
+    """What every fitting method starts from, with its one-line errors (non-finite or constant conductance, a
+    direction with fewer than 2 measured steps): (scale, w, node grid over the measured w range, and each compared
+    pulse's starting state, step in its own direction and polarity)."""
+    where = trace.path or trace.meta.source or "trace"
+    g = trace.conductance_s
+    if not np.isfinite(g).all():
+        raise InputError(where, f"non-finite conductance at pulse {int(trace.pulse[~np.isfinite(g)][0])}")
+    scale = conductance_scale(g)
+    if not scale[2] > scale[1]:
+        raise InputError(where, "conductance never changes: nothing to fit")
+    w = to_weight(g, scale)
+    grid = np.linspace(float(w.min()), float(w.max()), nodes)
+    before, step, pol = _local_steps(w, trace)
+    for direction, name in ((-1, "up (negative)"), (1, "down (positive)")):
+        if np.count_nonzero(pol == direction) < 2:
+            raise InputError(where, f"the {name} branch has fewer than 2 pulses that follow a measured state: "
+                             "cannot fit its steps")
+    return scale, w, grid, before, step, pol
+
+
+def fitted_noise(w: np.ndarray, trace: Trace, grid, up, down) -> tuple[float, float]:
+    """(cycle-to-cycle sigma, read-noise sigma) of a trace around step tables up / down on `grid`: the robust spread
+    of measured / fitted step (read noise included, what cards use) and noise_split's read noise."""
+    def predict(b, p):
+        return np.where(p < 0, np.interp(b, grid, up), np.interp(b, grid, down))
+
+    before, step, pol = _local_steps(w, trace)
+    ratio = step / predict(before, pol) - 1.0
+    c2c = float(1.4826 * np.median(np.abs(ratio - np.median(ratio)))) if ratio.size else 0.0
+    return c2c, noise_split(w, trace, predict)[0]
+
+
 def fit_subset(n: int, max_pulses: int | None = None, blocks: int | None = None) -> np.ndarray | None:
     """Rows of an n-pulse trace the fit uses: None (all) up to max_pulses (default MAX_FIT_PULSES), else `blocks`
     (default FIT_BLOCKS) evenly spaced runs of max_pulses // blocks consecutive pulses from the start to the end."""
@@ -521,20 +566,8 @@ def fit_device(trace: Trace, nodes: int = DEFAULT_NODES, smoothing: float = DEFA
         raise EdgelearnError(f"nodes: expected 3 to {MAX_NODES}, got {nodes}")
     if not (math.isfinite(smoothing) and smoothing >= 0):
         raise EdgelearnError(f"smoothing: expected a finite number >= 0, got {smoothing}")
-    g = trace.conductance_s
-    if not np.isfinite(g).all():
-        raise InputError(trace.path, f"non-finite conductance at pulse {int(trace.pulse[~np.isfinite(g)][0])}")
-    g_ref, g_min, g_max = float(g.mean()), float(g.min()), float(g.max())
-    if not g_max > g_min:
-        raise InputError(trace.path, "conductance never changes: nothing to fit")
-    w = 2.0 * (g - g_ref) / (g_max - g_min)
-    w_min, w_max = float(w.min()), float(w.max())
-    grid = np.linspace(w_min, w_max, nodes)
-    before, step, pol = _local_steps(w, trace)
-    for direction, name in ((-1, "up (negative)"), (1, "down (positive)")):
-        if np.count_nonzero(pol == direction) < 2:
-            raise InputError(trace.path, f"the {name} branch has fewer than 2 pulses that follow a measured state: "
-                             "cannot fit its steps")
+    scale, w, grid, before, step, pol = fit_inputs(trace, nodes)
+    w_min, w_max = float(grid[0]), float(grid[-1])
     full_trace, full_w = trace, w
     subset = fit_subset(len(trace))
     if subset is not None:  # the optimiser sees evenly spaced blocks; each re-anchors (its pulse numbers jump)
@@ -576,19 +609,14 @@ def fit_device(trace: Trace, nodes: int = DEFAULT_NODES, smoothing: float = DEFA
     up = _flat_outside(up, grid, before[pol < 0])
     down = _flat_outside(down, grid, before[pol > 0])
 
-    predicted = np.where(pol < 0, np.interp(before, grid, up), np.interp(before, grid, down))
-    ratio = step / predicted - 1.0
-    c2c = float(1.4826 * np.median(np.abs(ratio - np.median(ratio)))) if ratio.size else 0.0
-    read_noise, _ = noise_split(w, trace, lambda b, p: np.where(p < 0, np.interp(b, grid, up),
-                                                                 np.interp(b, grid, down)))
-
+    c2c, read_noise = fitted_noise(w, trace, grid, up, down)
     model = PiecewiseStepModel.from_absolute(w_min, w_max, up, down, dw_min_std=c2c)
     fit = dict(nodes=nodes, smoothing=smoothing, method="least_squares(trf) on replay residuals",
                cost=float(result.cost), evaluations=int(result.nfev), status=int(result.status),
                noise="c2c: robust spread of measured / fitted step (read noise included); read noise: noise_split "
                      "(pairs of consecutive step residuals)",
                **({} if subset is None else dict(pulses_fitted=int(len(subset)), blocks=FIT_BLOCKS)))
-    return card_from_fit(trace, w, (g_ref, g_min, g_max), model, before, pol, variation, fit, read_noise, 2 * nodes)
+    return card_from_fit(trace, w, scale, model, before, pol, variation, fit, read_noise, 2 * nodes)
 
 
 def card_from_fit(trace: Trace, w: np.ndarray, g_scale: tuple, model: PiecewiseStepModel, before, pol,

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from .devices import conductance_scale, to_weight
 from .errors import EdgelearnError
 from .traces import Trace
 
@@ -109,13 +110,12 @@ class FamilyModel:
 
     def replay_g_errors(self, trace: Trace) -> np.ndarray:
         """Conductance errors of replaying `trace` from its anchors (anchors not compared)."""
-        g_ref, g_min, g_max = self.g_scale
-        w = 2.0 * (trace.conductance_s - g_ref) / (g_max - g_min)
+        w = to_weight(trace.conductance_s, self.g_scale)
         kind, use_amp = FAMILIES[self.family]
         out = replay_family(float(w[0]), trace.polarity.astype(np.int64), np.abs(trace.amplitude_v).astype(float),
                             trace.anchors, w, np.array(self.p_up, float), np.array(self.p_down, float), kind,
                             use_amp, self.w_min, self.w_max)
-        return (out - w)[~trace.anchors] * (g_max - g_min) / 2.0
+        return (out - w)[~trace.anchors] * (self.g_scale[2] - self.g_scale[1]) / 2.0
 
 
 def fit_family(trace: Trace, family: str, g_scale: tuple | None = None) -> FamilyModel:
@@ -126,9 +126,8 @@ def fit_family(trace: Trace, family: str, g_scale: tuple | None = None) -> Famil
     if family not in FAMILIES:
         raise EdgelearnError(f"family: expected one of {', '.join(FAMILIES)}, got '{family}'")
     kind, use_amp = FAMILIES[family]
-    g = trace.conductance_s
-    g_ref, g_min, g_max = g_scale if g_scale is not None else (float(g.mean()), float(g.min()), float(g.max()))
-    w = 2.0 * (g - g_ref) / (g_max - g_min)
+    g_scale = tuple(g_scale) if g_scale is not None else conductance_scale(trace.conductance_s)
+    w = to_weight(trace.conductance_s, g_scale)
     w_min, w_max = float(w.min()), float(w.max())
     span = w_max - w_min
     polarity = trace.polarity.astype(np.int64)
@@ -175,4 +174,4 @@ def fit_family(trace: Trace, family: str, g_scale: tuple | None = None) -> Famil
     result = least_squares(residuals, theta0, bounds=(lower, upper), method="trf", diff_step=1e-3, max_nfev=400)
     p_up, p_down = unpack(result.x)
     return FamilyModel(family=family, p_up=tuple(map(float, p_up)), p_down=tuple(map(float, p_down)), w_min=w_min,
-                       w_max=w_max, g_scale=(g_ref, g_min, g_max), parameters=2 * per, cost=float(result.cost))
+                       w_max=w_max, g_scale=g_scale, parameters=2 * per, cost=float(result.cost))

@@ -13,8 +13,8 @@ import warnings
 
 import numpy as np
 
-from .devices import (DEFAULT_NODES, MAX_NODES, DeviceCard, DeviceVariation, PiecewiseStepModel, _local_steps,
-                      card_from_fit, noise_split)
+from .devices import (DEFAULT_NODES, MAX_NODES, DeviceCard, DeviceVariation, PiecewiseStepModel, card_from_fit,
+                      fit_inputs, fitted_noise)
 from .errors import EdgelearnError, InputError
 from .traces import Trace
 
@@ -88,20 +88,8 @@ def fit_poly5(trace: Trace, degree: int = DEFAULT_DEGREE, nodes: int = DEFAULT_N
     if not 3 <= nodes <= MAX_NODES:
         raise EdgelearnError(f"nodes: expected 3 to {MAX_NODES}, got {nodes}")
     where = trace.path or trace.meta.source or "trace"
-    g = trace.conductance_s
-    if not np.isfinite(g).all():
-        raise InputError(where, f"non-finite conductance at pulse {int(trace.pulse[~np.isfinite(g)][0])}")
-    g_ref, g_min, g_max = float(g.mean()), float(g.min()), float(g.max())
-    if not g_max > g_min:
-        raise InputError(where, "conductance never changes: nothing to fit")
-    w = 2.0 * (g - g_ref) / (g_max - g_min)
-    w_min, w_max = float(w.min()), float(w.max())
-    grid = np.linspace(w_min, w_max, nodes)
-    before, step, pol = _local_steps(w, trace)
-    for direction, name in ((-1, "up (negative)"), (1, "down (positive)")):
-        if np.count_nonzero(pol == direction) < 2:
-            raise InputError(where, f"the {name} branch has fewer than 2 pulses that follow a measured state: "
-                             "cannot fit its steps")
+    scale, w, grid, before, step, pol = fit_inputs(trace, nodes)
+    w_min, w_max = float(grid[0]), float(grid[-1])
 
     state, gstep, gpol = gradient_steps(w, trace)
     tables, fit_info = [], {}
@@ -130,17 +118,13 @@ def fit_poly5(trace: Trace, degree: int = DEFAULT_DEGREE, nodes: int = DEFAULT_N
                              nodes_floored=int(np.count_nonzero(raw < floor)))
     up, down = tables
 
-    predicted = np.where(pol < 0, np.interp(before, grid, up), np.interp(before, grid, down))
-    ratio = step / predicted - 1.0
-    c2c = float(1.4826 * np.median(np.abs(ratio - np.median(ratio)))) if ratio.size else 0.0
-    read_noise, _ = noise_split(w, trace, lambda b, p: np.where(p < 0, np.interp(b, grid, up),
-                                                                 np.interp(b, grid, down)))
+    c2c, read_noise = fitted_noise(w, trace, grid, up, down)
     model = PiecewiseStepModel.from_absolute(w_min, w_max, up, down, dw_min_std=c2c)
     fit = dict(nodes=nodes, degree=degree, method=METHOD.replace("degree-5", f"degree-{degree}"),
                grid="nodes over [w_min, w_max] of w = 2 (G - mean G) / (G_max - G_min): node for node the published "
                     "grid over [-1, 1] of min-max normalised G",
                step="np.gradient per branch, signed in the pulse's direction, at the branch's own states",
                coefficients="power basis in w, lowest order first", floor_fraction=STEP_FLOOR, **fit_info)
-    return card_from_fit(trace, w, (g_ref, g_min, g_max), model, before, pol, variation, fit, read_noise,
+    return card_from_fit(trace, w, scale, model, before, pol, variation, fit, read_noise,
                          2 * (degree + 1))
 

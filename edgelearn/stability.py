@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from firmware_model import crossbar
 
 from .devices import (DEFAULT_NODES, DEFAULT_SMOOTHING, MAX_SETTLE_PAIRS, SETTLE_TOLERANCE, DeviceCard,
-                      PiecewiseStepModel, fit_device, symmetry_points)
+                      PiecewiseStepModel, conductance_scale, fit_device, symmetry_points, to_weight)
 from .errors import EdgelearnError, EdgelearnWarning
 from .traces import Trace
 
@@ -346,11 +346,10 @@ def symmetry_interval(trace: Trace, nodes: int = DEFAULT_NODES, smoothing: float
     if resamples < 1:
         raise EdgelearnError(f"resamples: expected at least 1, got {resamples}")
     keep = min(blocks, max(1, round(fraction * blocks)))
-    g = trace.conductance_s
-    g_ref, g_min, g_max = float(g.mean()), float(g.min()), float(g.max())
+    full_scale = conductance_scale(trace.conductance_s)
 
     def to_full_w(card, w):
-        return float(2.0 * (card.conductance_from_weight(w) - g_ref) / (g_max - g_min))
+        return float(to_weight(card.conductance_from_weight(w), full_scale))
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EdgelearnWarning)

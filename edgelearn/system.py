@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .devices import DeviceCard, load_card
 from .endurance import endurance_of
-from .energy import cost, load_energy_model, unit_energies
+from .energy import cost, load_energy_model, model_band, unit_energies
 from .errors import EdgelearnError, InputError, read_text_file
 from .memory import MemoryReport, memory_footprint
 from .profiles import HardwareProfile
@@ -186,7 +186,22 @@ def workload_from_config(config, progress: bool = False, source: str | None = No
     from .continual import run_stream
 
     result = run_stream(config, progress=progress, profile=profile, require_fit=require_fit)
-    return workload_from_run(json.loads(result.to_json()), source or "run config (measured)")
+    return workload_from_run(asdict(result), source or "run config (measured)")
+
+
+def check_quick_options(batch_size: int, label_rate: float, rate_hz: float, channels: int,
+                        windows_per_day: float | None) -> None:
+    """The quick estimate's settings, each checked with a one-line error naming its `edgelearn budget` option."""
+    for option, value, ok, expected in (
+            ("--batch-size", batch_size, batch_size >= 1, "must be at least 1"),
+            ("--label-rate", label_rate, 0.0 <= label_rate <= 1.0, "must be between 0 and 1"),
+            ("--channels", channels, channels >= 1, "must be at least 1"),
+            ("--rate-hz", rate_hz, math.isfinite(rate_hz) and 0.0 < rate_hz <= 100_000.0,
+             "must be above 0 and at most 100000"),
+            ("--windows-per-day", windows_per_day, windows_per_day is None or windows_per_day >= 0,
+             "must not be negative")):
+        if not ok:
+            raise EdgelearnError(f"{option} {expected}, got {value}")
 
 
 def quick_estimate(card: DeviceCard | str, algorithm: str = "mp", network: str = "paper", *, batch_size: int = 1,
@@ -201,21 +216,12 @@ def quick_estimate(card: DeviceCard | str, algorithm: str = "mp", network: str =
     from .budget import step_costs
     from .network import parse_sizes
 
+    from .stream import FrontEndConfig
+
+    check_quick_options(batch_size, label_rate, rate_hz, channels, windows_per_day)
     card = load_card(card) if isinstance(card, (str, Path)) else card
-    if batch_size < 1:
-        raise EdgelearnError(f"--batch-size must be at least 1, got {batch_size}")
-    if not 0.0 <= label_rate <= 1.0:
-        raise EdgelearnError(f"--label-rate must be between 0 and 1, got {label_rate}")
-    if not (rate_hz > 0 and math.isfinite(rate_hz)) or channels < 1:
-        raise EdgelearnError(f"the sensor needs a positive rate and at least one channel (got {rate_hz} Hz, "
-                             f"{channels} channels)")
-    length = int(round(window_s * rate_hz))
-    if length < 2:
-        raise EdgelearnError(f"a {window_s:g} s window is {length} sample(s) at {rate_hz:g} Hz; it needs at least 2")
-    hop = max(1, int(round(length * (1.0 - overlap))))
+    length, hop = FrontEndConfig(window_s=window_s, overlap=overlap).geometry(rate_hz)
     per_day = DAY_S * rate_hz / hop if windows_per_day is None else float(windows_per_day)
-    if per_day < 0:
-        raise EdgelearnError(f"--windows-per-day must not be negative, got {windows_per_day}")
     steps = per_day * label_rate if learning_steps_per_day is None else float(learning_steps_per_day)
     per = step_costs(card, algorithm, network, batch_size)
     counts = {k: per["inference"].get(k, 0) * per_day + per["learning"].get(k, 0) * batch_size * steps
@@ -309,22 +315,17 @@ def system_budget(w: Workload, profile: HardwareProfile, models=None, card: Devi
         notes.append(f"the profile's IMU figure is at {profile.imu.odr_hz:g} Hz, the stream samples at "
                      f"{w.rate_hz:g} Hz: the sensor term is the profile's figure (give a profile with your IMU's "
                      "current at your rate)")
-    per_model, term_values = {}, {t: [] for t in TERMS}
-    primary = None
+    per_model, primary = {}, None
     for model in energy_models:
         units = unit_energies(model, card)
         terms = {**fixed, **_chip_terms(w.counts_per_day, units)}
-        per_model[model.name] = sum(terms.values())
-        for t in TERMS:
-            term_values[t].append(terms[t])
+        per_model[model.name] = dict(terms, total=sum(terms.values()))
         if primary is None:
             primary, primary_units = terms, units
     total = sum(primary.values())
-    low, high = min(per_model.values()), max(per_model.values())
-    driver = max(TERMS, key=lambda t: max(term_values[t]) - min(term_values[t]))
-    band = dict(models=per_model, min_j_per_day=low, max_j_per_day=high, ratio=high / low if low > 0 else None,
-                driver=driver if high > low else None,
-                term_ranges={t: [min(v), max(v)] for t, v in term_values.items() if max(v) > min(v)})
+    spread = model_band(per_model)
+    band = dict(models=spread["models"], min_j_per_day=spread["min_j"], max_j_per_day=spread["max_j"],
+                ratio=spread["ratio"], driver=spread["driver"], term_ranges=spread["component_ranges_j"])
     dominant = max(primary, key=primary.get)
     pretrain_j = pretrain_days = None
     if w.pretrain_counts:

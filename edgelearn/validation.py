@@ -23,9 +23,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from firmware_model import crossbar
-
-from .devices import (DEFAULT_NODES, DEFAULT_SMOOTHING, DeviceCard, PiecewiseStepModel, fit_device, replay_trace)
+from .devices import (DEFAULT_NODES, DEFAULT_SMOOTHING, DeviceCard, PiecewiseStepModel, conductance_scale, fit_device,
+                      replay_trace, to_weight)
 from .errors import EdgelearnError, EdgelearnWarning
 from .traces import Trace
 
@@ -85,41 +84,22 @@ def fold_bounds(n: int, folds: int) -> list[tuple[int, int]]:
 
 def constant_step_model(trace: Trace, g_scale: tuple[float, float, float] | None = None) -> PiecewiseStepModel:
     """One step up and one step down (normalised w per pulse), between the measured bounds, fitted by least squares on
-    the replay of `trace` (as fit_device's objective). g_scale (g_ref, g_min, g_max) sets the w scale (default: the
-    trace's own, as fit_device)."""
-    from scipy.optimize import least_squares
+    the replay of `trace` (the `constant` family of edgelearn.families, as a card model). g_scale (g_ref, g_min,
+    g_max) sets the w scale (default: the trace's own, as fit_device)."""
+    from .families import fit_family
 
-    g = trace.conductance_s
-    g_ref, g_min, g_max = g_scale if g_scale is not None else (float(g.mean()), float(g.min()), float(g.max()))
-    w = 2.0 * (g - g_ref) / (g_max - g_min)
-    w_min, w_max = float(w.min()), float(w.max())
-    anchors, polarity = trace.anchors, trace.polarity.astype(np.int64)
-    compared = ~anchors
+    fitted = fit_family(trace, "constant", g_scale)
     ones = np.ones(3)
-
-    def residuals(theta):
-        up, down = math.exp(theta[0]) * ones, math.exp(theta[1]) * ones
-        return (crossbar.replay(w[0], polarity, anchors, w, up, down, 1.0, 1.0, w_min, w_max) - w)[compared]
-
-    steps = np.abs(np.diff(w))[compared[1:]]
-    start = math.log(max(float(np.median(steps)) if steps.size else 1e-3, 1e-6 * (w_max - w_min)))
-    lower, upper = math.log(1e-6 * (w_max - w_min)), math.log(w_max - w_min)
-    result = least_squares(residuals, np.clip([start, start], lower + 1e-9, upper - 1e-9), bounds=(lower, upper),
-                           method="trf", diff_step=1e-3)
-    return PiecewiseStepModel.from_absolute(w_min, w_max, math.exp(result.x[0]) * ones,
-                                            math.exp(result.x[1]) * ones)
+    return PiecewiseStepModel.from_absolute(fitted.w_min, fitted.w_max, fitted.p_up[0] * ones,
+                                            fitted.p_down[0] * ones)
 
 
 def _stretch_errors_g(model: PiecewiseStepModel, g_scale, trace: Trace, start: int, stop: int) -> np.ndarray:
     """Conductance errors of replaying rows [start, stop) from the last measured state before them (row start - 1;
     the first row itself when start is 0), re-anchored after gaps; anchors are not compared."""
-    g_ref, g_min, g_max = g_scale
-    first = max(0, start - 1)
-    part = _rows(trace, np.arange(first, stop))
-    w = 2.0 * (part.conductance_s - g_ref) / (g_max - g_min)
-    replayed = replay_trace(model, w, part)
-    compared = ~part.anchors
-    return (replayed - w)[compared] * (g_max - g_min) / 2.0
+    part = _rows(trace, np.arange(max(0, start - 1), stop))
+    w = to_weight(part.conductance_s, g_scale)
+    return (replay_trace(model, w, part) - w)[~part.anchors] * (g_scale[2] - g_scale[1]) / 2.0
 
 
 def _scale(card: DeviceCard) -> tuple[float, float, float]:
@@ -136,7 +116,7 @@ def cross_validate(trace: Trace, folds: int = DEFAULT_FOLDS, nodes: int = DEFAUL
     g = trace.conductance_s
     g_range = float(g.max() - g.min())
     full = card if card is not None else _quiet_fit(trace, nodes, smoothing, method)
-    full_scale = (float(g.mean()), float(g.min()), float(g.max()))
+    full_scale = conductance_scale(g)
     base_full = constant_step_model(trace, full_scale)
     base_in = _stretch_errors_g(base_full, full_scale, trace, 0, n)
     errors, base_errors, per_fold = [], [], []
@@ -163,14 +143,20 @@ def cross_validate(trace: Trace, folds: int = DEFAULT_FOLDS, nodes: int = DEFAUL
         baseline_out_of_sample_nrmse=float(np.sqrt(np.mean(pooled_base ** 2)) / g_range), per_fold=per_fold)
 
 
-def _quiet_fit(trace: Trace, nodes: int, smoothing: float, method: str = "replay") -> DeviceCard:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", EdgelearnWarning)  # long traces are subsampled; said once by the full fit
-        if method == "poly5":
-            from .poly5 import fit_poly5
+def _fit(trace: Trace, nodes: int, smoothing: float, method: str = "replay") -> DeviceCard:
+    """fit_device, or fit_poly5 for method "poly5" (which has no smoothing)."""
+    if method == "poly5":
+        from .poly5 import fit_poly5
 
-            return fit_poly5(trace, nodes=nodes)
-        return fit_device(trace, nodes=nodes, smoothing=smoothing)
+        return fit_poly5(trace, nodes=nodes)
+    return fit_device(trace, nodes=nodes, smoothing=smoothing)
+
+
+def _quiet_fit(trace: Trace, nodes: int, smoothing: float, method: str = "replay") -> DeviceCard:
+    """_fit without the subsampling warning (said once, by the full fit)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EdgelearnWarning)
+        return _fit(trace, nodes, smoothing, method)
 
 
 @dataclass
@@ -267,8 +253,7 @@ def fit_card(trace: Trace, nodes: int | str = DEFAULT_NODES, smoothing: float | 
             raise EdgelearnError("--nodes auto needs cross-validation (--folds >= 2)")
         choice = choose_complexity(trace, folds)
         nodes, smoothing = choice.nodes, choice.smoothing
-    card = _quiet_fit(trace, int(nodes), float(smoothing), method) if method == "poly5" else \
-        fit_device(trace, nodes=int(nodes), smoothing=float(smoothing))
+    card = _fit(trace, int(nodes), float(smoothing), method)
     figures = card.figures
     if folds:
         # a short trace gets fewer folds (each held-out stretch keeps MIN_FOLD_PULSES + 1 rows); the card says how many

@@ -706,6 +706,22 @@ def test_train_length_matches_reference():
     assert ctl.train_length(10.0, 5.0, 5.0, 0.001, 31) == 31
 
 
+def assert_same_tile(got, want, gen, ref_gen, state, ref, device_pulses, ref_pulses, counters, ref_counters):
+    """A kernel's result, random state, device states, per-device pulses and counters equal the reference's."""
+    assert got == want
+    assert int(gen[0]) == ref_gen.s
+    np.testing.assert_array_equal(state, ref.state())
+    np.testing.assert_array_equal(device_pulses, ref_pulses)
+    np.testing.assert_array_equal(counters, ref_counters)
+
+
+def assert_both_directions_pulsed(totals, device_pulses, pulses_before):
+    assert sum(totals) > 50
+    assert (device_pulses[0, ..., 0] > pulses_before[0, ..., 0]).any()  # both directions were pulsed
+    assert (device_pulses[0, ..., 1] > pulses_before[0, ..., 1]).any()
+    np.testing.assert_array_equal(device_pulses[1], pulses_before[1])  # reference devices untouched
+
+
 @pytest.mark.parametrize("c2c_std", [0.0, 0.2])
 @pytest.mark.parametrize("update_management", [False, True])
 @pytest.mark.parametrize("seed", range(3))
@@ -730,16 +746,9 @@ def test_stochastic_update_matches_reference(seed, update_management, c2c_std):
                                     update_management, gen, NORMAL_TABLE, device_pulses, counters)
         want = ref_stochastic_update(ref, x.tolist(), d.tolist(), lr, 0.003, bl_max, update_management, ref_gen,
                                      ref_pulses, ref_counters)
-        assert got == want
-        assert int(gen[0]) == ref_gen.s
-        np.testing.assert_array_equal(state, ref.state())
-        np.testing.assert_array_equal(device_pulses, ref_pulses)
-        np.testing.assert_array_equal(counters, ref_counters)
+        assert_same_tile(got, want, gen, ref_gen, state, ref, device_pulses, ref_pulses, counters, ref_counters)
         totals.append(got)
-    assert sum(totals) > 50
-    assert (device_pulses[0, ..., 0] > pulses_before[0, ..., 0]).any()  # both directions were pulsed
-    assert (device_pulses[0, ..., 1] > pulses_before[0, ..., 1]).any()
-    np.testing.assert_array_equal(device_pulses[1], pulses_before[1])  # reference devices untouched
+    assert_both_directions_pulsed(totals, device_pulses, pulses_before)
 
 
 def test_stochastic_update_early_return():
@@ -794,16 +803,9 @@ def test_deterministic_update_batch_matches_reference(seed, c2c_std):
                                              max_pulses, gen, NORMAL_TABLE, device_pulses, counters)
         want = ref_deterministic_update_batch(ref, xs.tolist(), ds.tolist(), lr, dw_min, max_pulses, ref_gen,
                                               ref_pulses, ref_counters)
-        assert got == want
-        assert int(gen[0]) == ref_gen.s
-        np.testing.assert_array_equal(state, ref.state())
-        np.testing.assert_array_equal(device_pulses, ref_pulses)
-        np.testing.assert_array_equal(counters, ref_counters)
+        assert_same_tile(got, want, gen, ref_gen, state, ref, device_pulses, ref_pulses, counters, ref_counters)
         totals.append(got)
-    assert sum(totals) > 50
-    assert (device_pulses[0, ..., 0] > pulses_before[0, ..., 0]).any()  # both directions were pulsed
-    assert (device_pulses[0, ..., 1] > pulses_before[0, ..., 1]).any()
-    np.testing.assert_array_equal(device_pulses[1], pulses_before[1])  # reference devices untouched
+    assert_both_directions_pulsed(totals, device_pulses, pulses_before)
 
 
 def test_deterministic_update_batch_rounds_the_sum_not_each_sample():

@@ -80,7 +80,7 @@ def main(argv=None) -> int:
         columns[f"paper 784-256-128-10, mp, `{name}` (quick estimate)"] = _column(
             system_budget(paper, profile, _models(config.energy_model)))
     geo = run["geometry"]
-    quick = quick_estimate(run["card_id"].rsplit("-", 1)[0], "mp", "-".join(map(str, geo["sizes"])),
+    quick = quick_estimate(config.card, config.algorithm, "-".join(map(str, geo["sizes"])),
                            batch_size=config.replay_batch, label_rate=config.label_rate, rate_hz=geo["rate_hz"],
                            channels=geo["channels"], window_s=config.frontend.window_s,
                            overlap=config.frontend.overlap, energy_model=config.energy_model)

@@ -265,7 +265,7 @@ def write_report(args, chosen, grid, digital, chips, dig_user, dig_pooled, dig_i
               f"digital model ({best_name}, {best:.3f}); pre-training accuracy on users 1-20 "
               + ", ".join(f"{c['train']:.3f}" for c in chips) + f"; {np.mean([c['wall'] for c in chips]):.0f} s per "
               "chip.",
-              f"Digital pre-training programmed into the devices: output scales "
+              "Digital pre-training programmed into the devices: output scales "
               + ", ".join(f"{s:.3f}" for s in dig_info["output_scales"]) + " (largest |w| "
               + ", ".join(f"{w:.2f}" for w in dig_info["max_abs_weight"]) + "), clipped "
               + ", ".join(f"{c:.2%}" for c in dig_info["clipped_fraction"])
