@@ -53,6 +53,14 @@ class PulseConfig(BaseModel):
                                  "card's aihwkit dw_min (larger step at w = 0)")
     chi_frac_bits: int = Field(24, ge=8, le=28, description="fraction bits of the int32 mixed-precision accumulator")
     max_pulses_per_update: int = Field(0, ge=0, description="mixed precision: most pulses per device per step (0: no cap)")
+    amplitude_up_v: float | None = Field(None, gt=0, description="|V| of up (negative) pulses; default: the card's "
+                                         "amplitude-blind steps (the staircase read as identical pulses). Set, the "
+                                         "card's amplitude response gives the steps (within the measured range)")
+    amplitude_down_v: float | None = Field(None, gt=0, description="|V| of down (positive) pulses; as amplitude_up_v")
+
+    @property
+    def amplitude_aware(self) -> bool:
+        return self.amplitude_up_v is not None or self.amplitude_down_v is not None
 
 
 @dataclass
@@ -154,7 +162,14 @@ class Tile:
             raise EdgelearnError(f"tile size must be positive, got {rows} x {cols}")
         if isinstance(card, str):
             card = load_card(card)
-        model = card.model if isinstance(card, DeviceCard) else card
+        self.pulse_config = pulses or PulseConfig()
+        if self.pulse_config.amplitude_aware:  # the card's amplitude response at these amplitudes
+            if not isinstance(card, DeviceCard):
+                raise EdgelearnError("pulses.amplitude_up_v / amplitude_down_v need a device card with an amplitude "
+                                     "response, not a bare step model")
+            model = card.model_at(self.pulse_config.amplitude_up_v, self.pulse_config.amplitude_down_v)
+        else:
+            model = card.model if isinstance(card, DeviceCard) else card
         if variation is None:
             variation = card.variation if isinstance(card, DeviceCard) else DeviceVariation.none()
         self.card_id = card.card_id if isinstance(card, DeviceCard) else "model"
@@ -162,7 +177,6 @@ class Tile:
         self.rows, self.cols, self.seed = rows, cols, seed
         self.c2c_std = model.dw_min_std if c2c_std is None else float(c2c_std)
         self.periphery = periphery or PeripheryConfig()
-        self.pulse_config = pulses or PulseConfig()
         self.dw_min = self.pulse_config.dw_min or model.dw_min_aihwkit
         host_rng = np.random.default_rng(seed)
         self.table_up = np.asarray(model.piecewise_up, np.float64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -66,7 +67,7 @@ def cmd_device_fit(args) -> int:
     if args.sp_resamples < 0:
         raise EdgelearnError(f"--sp-resamples: expected 0 or more, got {args.sp_resamples}")
     card = fit_card(trace, nodes=nodes, smoothing=smoothing, folds=args.folds, method=args.method,
-                    sp_resamples=args.sp_resamples)
+                    sp_resamples=args.sp_resamples, amplitude=not args.no_amplitude)
     card.save(args.output)
     _card_warnings(card)
     if args.json:
@@ -103,6 +104,20 @@ def _summary_rows(card) -> dict:
         i = f.symmetry_interval
         rows["symmetry point, refits"] = (f"median {i['median']:+.3f}, 90 % interval [{i['low']:+.3f}, "
                                           f"{i['high']:+.3f}] over {i['resamples']} refits")
+    a = card.amplitude
+    if a is not None:
+        o = a.out_of_sample or {}
+        rows["amplitude response"] = (
+            f"up {a.range_up_v[0]:g}-{a.range_up_v[1]:g} V (v0 {a.v0_up_v:.2f}, vs {a.vs_up_v:.3f}), down "
+            f"{a.range_down_v[0]:g}-{a.range_down_v[1]:g} V (v0 {a.v0_down_v:.2f}, vs {a.vs_down_v:.3f}); "
+            f"{'identified (ramps both ways)' if a.identified else 'not identified (one-way ramps)'}")
+        rows["amplitude-aware nrmse"] = (f"{a.nrmse:.4f} in-sample" + (
+            f", {o['out_of_sample_nrmse']:.4f} out of sample (amplitude-blind {o['blind_out_of_sample_nrmse']:.4f})"
+            if o.get("out_of_sample_nrmse") is not None else ""))
+        rows["step at w = 0 vs |V| (x the reference)"] = ", ".join(
+            f"{v:g} V {a.factor(v, 'up'):.2f}/{a.factor(v, 'down'):.2f}"
+            for v in np.linspace(max(a.range_up_v[0], a.range_down_v[0]), min(a.range_up_v[1], a.range_down_v[1]),
+                                 5).round(2))
     return rows
 
 
@@ -218,7 +233,19 @@ def _output_dir(path, option: str = "--out") -> None:
 
 
 # TrainConfig fields set by options of another name (the rest: --field-name)
-_TRAIN_OPTIONS = {"max_tile_rows": "--max-tile", "max_tile_cols": "--max-tile"}
+_TRAIN_OPTIONS = {"max_tile_rows": "--max-tile", "max_tile_cols": "--max-tile", "pulses": "--amplitude"}
+
+
+def _pulse_options(args) -> dict:
+    """PulseConfig fields from --amplitude (both directions) / --amplitude-up / --amplitude-down."""
+    if args.amplitude is not None and (args.amplitude_up is not None or args.amplitude_down is not None):
+        raise EdgelearnError("--amplitude sets both directions: give it, or --amplitude-up / --amplitude-down")
+    up = args.amplitude if args.amplitude is not None else args.amplitude_up
+    down = args.amplitude if args.amplitude is not None else args.amplitude_down
+    for name, v in (("--amplitude-up", up), ("--amplitude-down", down)):
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise EdgelearnError(f"{name}: expected a pulse amplitude magnitude in volts > 0, got {v:g}")
+    return dict(amplitude_up_v=up, amplitude_down_v=down)
 
 
 def _options_error(exc, options: dict) -> EdgelearnError:
@@ -264,7 +291,8 @@ def cmd_train(args) -> int:
                              lr_step=args.lr_step, lr_gamma=args.lr_gamma, seed=args.seed,
                              max_train_samples=args.max_train_samples, data_dir=args.data_dir, epsilon=args.epsilon,
                              epsilon_down=args.epsilon_down, deterministic=args.deterministic,
-                             max_tile_rows=args.max_tile, max_tile_cols=args.max_tile)
+                             max_tile_rows=args.max_tile, max_tile_cols=args.max_tile,
+                             pulses=_pulse_options(args))
     except ValidationError as exc:
         raise _options_error(exc, _TRAIN_OPTIONS) from None
     from .profiles import load_profile
@@ -549,7 +577,8 @@ def cmd_board_emulator(args) -> int:
         faults = Faults(args.fault_drop, args.fault_corrupt, args.fault_delay_ms, seed=args.fault_seed,
                         spike_ms=args.fault_spike_ms, spike_rate=args.fault_spike_rate,
                         first_delay_ms=args.fault_first_delay_ms)
-        firmware = BoardFirmware(cards, args.rows, args.cols, seed=args.seed, ideal=args.ideal, lease_s=args.lease_s)
+        firmware = BoardFirmware(cards, args.rows, args.cols, seed=args.seed, ideal=args.ideal, lease_s=args.lease_s,
+                                 amplitude_aware=args.amplitude_aware)
     except ValueError as exc:
         raise EdgelearnError(str(exc).replace("fault ", "--fault-").replace("_", "-")) from None
     try:
@@ -557,7 +586,7 @@ def cmd_board_emulator(args) -> int:
                                  port=args.tcp or 0, idle_timeout_s=args.idle_timeout_s)
     except OSError as exc:
         raise EdgelearnError(f"cannot open the emulator's port ({exc.strerror or exc})") from None
-    warm_up(cards[0])  # compile the kernels before the first host arrives, as a board boots before it enumerates
+    warm_up(cards[0], args.amplitude_aware)  # compile the kernels before the first host arrives, as a board boots before it enumerates
     print(emulator.url, flush=True)
     print(f"# {cards[0].device_id} {args.rows} x {args.cols}, widths "
           f"{', '.join(f'{w} ns' for w in firmware.cards)}, seed {args.seed}"
@@ -621,7 +650,8 @@ def cmd_hil_characterize(args) -> int:
                 cycles = 2 if args.cycles is None else args.cycles
                 bar = _progress(2 * pulses * cycles, "characterise", args.quiet)
                 trace = characterize(board, width, pulses, cycles, args.amplitude, args.row or 0, args.col or 0,
-                                     progress=bar.update if bar is not None else None, journal=journal)
+                                     progress=bar.update if bar is not None else None, journal=journal,
+                                     staircase_v=_staircase(args.staircase))
             stats = board.link.stats
     except (EdgelearnError, KeyboardInterrupt) as exc:
         if bar is not None:
@@ -641,10 +671,26 @@ def cmd_hil_characterize(args) -> int:
     return 0
 
 
+def _staircase(text: str | None) -> tuple[float, float] | None:
+    """--staircase LOW:HIGH (volts) -> (low, high)."""
+    if text is None:
+        return None
+    low, sep, high = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        values = float(low), float(high)
+    except ValueError:
+        raise EdgelearnError(f"--staircase: expected LOW:HIGH in volts (e.g. 0.5:3.0), got '{text}'") from None
+    return values
+
+
 def _check_resume_options(args, plan: dict, journal: Path, width) -> None:
     """--resume continues the journal's plan: options given explicitly must agree with it."""
+    stair = _staircase(args.staircase)
     given = {"width_ns": width, "pulses": args.pulses, "cycles": args.cycles, "row": args.row, "col": args.col,
-             "amplitude_mv": None if args.amplitude is None else int(round(abs(args.amplitude) * 1000))}
+             "amplitude_mv": None if args.amplitude is None else int(round(abs(args.amplitude) * 1000)),
+             "staircase_mv": None if stair is None else [int(round(abs(v) * 1000)) for v in stair]}
     for key, value in given.items():
         if value is not None and plan.get(key) != value:
             raise EdgelearnError(f"--resume: {journal} was started with {key} = {plan.get(key)}, this command asks "
@@ -794,6 +840,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "error (default 10; 0: none)")
     fit.add_argument("--sp-resamples", type=int, default=0, help="refits on 70 %% subsets for the symmetry point's "
                      "90 %% interval (e.g. 20; default 0: none, each refit costs a fit)")
+    fit.add_argument("--no-amplitude", action="store_true", help="skip the amplitude response (fitted by default "
+                     "where each direction's pulses span a range of amplitudes)")
     fit.add_argument("-o", "--output", required=True, help="card JSON to write")
     fit.add_argument("--quiet", action="store_true", help="no status lines")
     fit.add_argument("--json", action="store_true", help="print the card summary as JSON")
@@ -848,6 +896,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="sgd / sp-shift: deterministic pulse counts instead of stochastic trains (per mini-batch, "
                      "no remainder kept: a small batch and a larger lr, e.g. --batch-size 8 --lr 2)")
     tr_.add_argument("--max-tile", type=int, default=1024, help="largest tile side; larger layers are split")
+    tr_.add_argument("--amplitude", type=float, metavar="V", help="pulse amplitude magnitude (both directions): the "
+                     "card's amplitude response gives the steps and energy prices the pulses there (default: the "
+                     "card's amplitude-blind steps, priced at the top of the measured range)")
+    tr_.add_argument("--amplitude-up", type=float, metavar="V", help="as --amplitude, up (negative) pulses only")
+    tr_.add_argument("--amplitude-down", type=float, metavar="V", help="as --amplitude, down (positive) pulses only")
     tr_.add_argument("--out", help="directory for metrics.csv, summary.json and checkpoints")
     tr_.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     tr_.add_argument("--overwrite", action="store_true",
@@ -927,6 +980,9 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--seed", type=int, default=0)
     emu.add_argument("--ideal", action="store_true", help="nominal devices: no device-to-device variation, no "
                      "cycle-to-cycle or read-out noise")
+    emu.add_argument("--amplitude-aware", action="store_true", help="the configured pulse amplitude scales the steps "
+                     "by each card's amplitude response (cards fitted from amplitude staircases); default: every "
+                     "amplitude gives the card's amplitude-blind steps")
     emu.add_argument("--tcp", type=int, metavar="PORT", help="listen on socket://127.0.0.1:PORT instead of a pty "
                      "(0: any free port)")
     emu.add_argument("--fault-drop", type=float, default=0.0, help="probability that a byte is lost (each way)")
@@ -956,6 +1012,8 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--pulses", type=int, help="pulses per train (default 200)")
     ch.add_argument("--cycles", type=int, help="down-then-up cycles (default 2)")
     ch.add_argument("--amplitude", type=float, help="pulse amplitude in volts (default: the top of the board's range)")
+    ch.add_argument("--staircase", metavar="LOW:HIGH", help="ramp the amplitude from LOW to HIGH volts over every "
+                    "train, as the LBE247 measurements (the fit then finds the card's amplitude response)")
     ch.add_argument("--row", type=int, help="device row (default 0)")
     ch.add_argument("--col", type=int, help="device column (default 0)")
     ch.add_argument("-o", "--output", required=True, help="trace CSV to write; while it runs, every measured pulse is "

@@ -133,6 +133,48 @@ class PiecewiseStepModel(BaseModel):
                     dw_min_std=self.dw_min_std, dw_min_dtod=0.0, up_down_dtod=0.0, w_min_dtod=0.0, w_max_dtod=0.0)
 
 
+def amplitude_sigmoid(volts, v0: float, vs: float):
+    """The amplitude factor A(|V|) = 1 / (1 + exp(-(|V| - v0) / vs)) of an amplitude response (edgelearn.amplitude)."""
+    return 1.0 / (1.0 + np.exp(-(np.abs(np.asarray(volts, float)) - v0) / vs))
+
+
+class AmplitudeResponse(BaseModel):
+    """How a device's step depends on the pulse amplitude: step(w, V) = table(w) * A(|V|) / A(reference), one sigmoid
+    A per direction, tables (`model`) fitted jointly with it at the reference amplitude (the top of the measured range,
+    where the energy models price a pulse by default). Fitted by edgelearn.amplitude.fit_amplitude; used by the
+    emulator when a run's PulseConfig gives an amplitude (never extrapolated beyond the measured range)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    form: str = "step(w, V) = table(w) * A(|V|) / A(reference); A(v) = 1 / (1 + exp(-(v - v0) / vs)) per direction"
+    model: PiecewiseStepModel = Field(description="step tables at the reference amplitudes (same w scale as the card)")
+    v0_up_v: float
+    vs_up_v: float = Field(gt=0.0)
+    v0_down_v: float
+    vs_down_v: float = Field(gt=0.0)
+    reference_up_v: float = Field(gt=0.0, description="|V| of up (negative) pulses the tables hold at")
+    reference_down_v: float = Field(gt=0.0, description="|V| of down (positive) pulses the tables hold at")
+    range_up_v: tuple[float, float] = Field(description="measured |V| of up pulses (min, max)")
+    range_down_v: tuple[float, float] = Field(description="measured |V| of down pulses (min, max)")
+    nrmse: float = Field(description="in-sample replay error with each pulse's own amplitude (as the card's nrmse)")
+    parameters: int = Field(description="fitted values: 2 x nodes + 4")
+    out_of_sample: dict | None = Field(None, description="blocked cross-validation of this model beside the "
+                                       "amplitude-blind card's (edgelearn.amplitude.cross_validate_amplitude)")
+    identified: bool = Field(False, description="each direction's trains ramp both ways (rising and falling |V|): "
+                             "only then do the data separate the amplitude from the state dependence; with every "
+                             "train ramping one way, |V| and w move together along each branch and the split rests "
+                             "on the sigmoid form and the smoothing")
+    ramps: dict = Field(default_factory=dict, description="trains per direction whose |V| rises / falls / is flat")
+    fit: dict = Field(default_factory=dict, description="nodes, smoothing, optimiser result")
+
+    def factor(self, volts: float, direction: str) -> float:
+        """A(|V|) / A(reference) for direction 'up' or 'down'."""
+        if direction == "up":
+            v0, vs, ref = self.v0_up_v, self.vs_up_v, self.reference_up_v
+        else:
+            v0, vs, ref = self.v0_down_v, self.vs_down_v, self.reference_down_v
+        return float(amplitude_sigmoid(volts, v0, vs) / amplitude_sigmoid(ref, v0, vs))
+
+
 class DeviceVariation(BaseModel):
     """Device-to-device variation, drawn once per device in a crossbar (aihwkit conventions, relative sigmas).
 
@@ -225,6 +267,8 @@ class DeviceCard(BaseModel):
     provenance: Provenance
     endurance_cycles: float | None = Field(None, gt=0.0, description="switching cycles a device endures (one "
                                            "programming pulse counts as one cycle); None: DEFAULT_ENDURANCE_CYCLES")
+    amplitude: AmplitudeResponse | None = Field(None, description="the step's dependence on the pulse amplitude; None: "
+                                                "a single-amplitude trace, or a card fitted before edgelearn had it")
 
     @model_validator(mode="after")
     def _format(self):
@@ -236,6 +280,32 @@ class DeviceCard(BaseModel):
             raise ValueError(f"need g_min_s <= g_ref_s <= g_max_s, got g_ref_s {self.g_ref_s} outside "
                              f"[{self.g_min_s}, {self.g_max_s}]")
         return self
+
+    def model_at(self, amplitude_up_v: float | None = None, amplitude_down_v: float | None = None,
+                 where: str = "pulses") -> PiecewiseStepModel:
+        """The step model for pulses of these amplitude magnitudes (None: the reference, the top of the measured
+        range), from the card's amplitude response; refuses amplitudes outside the measured range."""
+        resp = self.amplitude
+        if resp is None:
+            raise EdgelearnError(f"{where}: card {self.card_id} has no amplitude response (its trace has one amplitude "
+                                 "per direction, or the card predates it): refit it with `edgelearn device fit`, or "
+                                 "leave the amplitude unset")
+        factors = []
+        for name, volts, (low, high), direction in (
+                ("amplitude_up_v", amplitude_up_v, resp.range_up_v, "up"),
+                ("amplitude_down_v", amplitude_down_v, resp.range_down_v, "down")):
+            if volts is None:
+                factors.append(1.0)
+                continue
+            if not (math.isfinite(volts) and low - 1e-9 <= abs(volts) <= high + 1e-9):
+                raise EdgelearnError(f"{where}.{name}: {volts:g} V is outside the {low:g}..{high:g} V card "
+                                     f"{self.card_id} measured {direction} pulses at (the response is not "
+                                     "extrapolated)")
+            factors.append(resp.factor(abs(volts), direction))
+        m = resp.model
+        grid = m.nodes
+        return PiecewiseStepModel.from_absolute(m.w_min, m.w_max, m.step_up(grid) * factors[0],
+                                                m.step_down(grid) * factors[1], dw_min_std=m.dw_min_std)
 
     # -- conversions -------------------------------------------------------------------------------------------
     def weight_from_conductance(self, g_s) -> np.ndarray:
@@ -700,6 +770,9 @@ def card_warnings(card: DeviceCard, implausible_only: bool = False) -> list[str]
             oos["nrmse"] >= oos["baseline_nrmse"]:
         out.append(f"out of sample the card ({oos['nrmse']:.3f}) does not beat a constant-step model "
                    f"({oos['baseline_nrmse']:.3f})")
+    if card.amplitude is not None and not card.amplitude.identified and not implausible_only:
+        out.append("amplitude response from staircases that all ramp one way: amplitude and state move together, so "
+                   "the data do not separate them (measure alternating ramps: hil characterize --staircase)")
     stable = f.stable_points or []
     main = max(stable, key=lambda p: p.get("basin_fraction", 0.0), default=None)
     if main is not None and main.get("at_bound"):

@@ -169,13 +169,30 @@ class UnitEnergies:
     area_m2: float
 
 
-def unit_energies(model: EnergyModel, card: DeviceCard) -> UnitEnergies:
+def run_amplitudes(pulses: dict | None) -> tuple[float | None, float | None]:
+    """(up, down) pulse amplitude magnitudes a run's PulseConfig (as a dict, e.g. summary["config"]["pulses"]) set."""
+    pulses = pulses or {}
+    return pulses.get("amplitude_up_v"), pulses.get("amplitude_down_v")
+
+
+def unit_energies(model: EnergyModel, card: DeviceCard,
+                  amplitudes: tuple[float | None, float | None] = (None, None)) -> UnitEnergies:
+    """Unit energies of `card` under `model`. Pulses are priced at the amplitudes the run used (`amplitudes`, from its
+    PulseConfig: the emulated steps were the card's amplitude response there), else at the model's, else at the top of
+    the card's measured range; a model amplitude that contradicts the run's is refused."""
     area = model.area_m2 or card.area_m2
     if area is None:
         raise EdgelearnError(f"card {card.card_id} has no device area ({card.area_rule}); give area_m2 in the model")
+    for name, run_v in zip(("amplitude_up_v", "amplitude_down_v"), amplitudes):
+        model_v = getattr(model, name)
+        if run_v is not None and model_v is not None and abs(abs(model_v) - abs(run_v)) > 1e-9:
+            raise EdgelearnError(f"energy model {model.name}: {name} {model_v:g} V, but the run pulsed at {run_v:g} V "
+                                 f"(its pulses.{name}); drop it from the model")
+    run_up, run_down = amplitudes
     vrange = card.provenance.voltage_range or {}
-    v_down = model.amplitude_down_v if model.amplitude_down_v is not None else vrange.get("pos_end_v")
-    v_up = model.amplitude_up_v if model.amplitude_up_v is not None else (
+    v_down = run_down if run_down is not None else (
+        model.amplitude_down_v if model.amplitude_down_v is not None else vrange.get("pos_end_v"))
+    v_up = run_up if run_up is not None else model.amplitude_up_v if model.amplitude_up_v is not None else (
         abs(vrange["neg_end_v"]) if "neg_end_v" in vrange else None)
     if v_down is None or v_up is None:
         raise EdgelearnError(f"card {card.card_id} records no voltage range; give amplitude_up_v / amplitude_down_v")
@@ -256,7 +273,7 @@ def report_run(summary: dict, model: EnergyModel, targets=(0.9, 0.95)) -> Energy
     if not summary.get("card_id"):
         raise EdgelearnError("this run has no device card (digital baseline): nothing to cost")
     card = _run_card(summary)
-    units = unit_energies(model, card)
+    units = unit_energies(model, card, run_amplitudes(summary["config"].get("pulses")))
     components = cost(summary["counters"], units)
     per_epoch = [m["pulses_up"] * units.pulse_up_j + m["pulses_down"] * units.pulse_down_j
                  for m in summary["epochs"]]

@@ -121,8 +121,18 @@ def _expand_cards(values: list, source) -> list:
     return out
 
 
+# Config fields added after sweeps were in use, left out of a run's key while they hold their default (None), so a
+# sweep folder made before them keeps its keys and resumes: (section, field).
+KEY_OMIT_WHEN_DEFAULT = (("pulses", "amplitude_up_v"), ("pulses", "amplitude_down_v"))
+
+
 def run_key(kind: str, config: dict) -> str:
-    """The run's identity: a hash of its kind and full config (defaults included)."""
+    """The run's identity: a hash of its kind and full config (defaults included, but KEY_OMIT_WHEN_DEFAULT)."""
+    config = json.loads(json.dumps(config, default=str))
+    for section, name in KEY_OMIT_WHEN_DEFAULT:
+        part = config.get(section)
+        if isinstance(part, dict) and part.get(name, 0) is None:
+            del part[name]
     blob = json.dumps({"kind": kind, "config": config}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

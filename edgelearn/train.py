@@ -141,15 +141,25 @@ class TrainResult:
 
 
 
-def card_checks(card) -> dict:
+def card_checks(card, pulses: PulseConfig | None = None) -> dict:
     """What a reader of a training summary needs to weigh it by the card: the symmetry point (plain SGD drifts
-    there), its interval over refits and every stable point when the card carries them, and the card's warnings."""
+    there), its interval over refits and every stable point when the card carries them, and the card's warnings.
+    With pulse amplitudes set, the steps the run used (the card's amplitude response there): granularity and the
+    symmetry point at those amplitudes."""
     if card is None:
         return {}
-    from .devices import card_warnings
+    from .devices import card_warnings, symmetry_points
 
     f = card.figures
-    return dict(symmetry_point=f.symmetry_point, symmetry_point_simulated=f.symmetry_point_simulated,
+    at = None
+    if pulses is not None and pulses.amplitude_aware:
+        model = card.model_at(pulses.amplitude_up_v, pulses.amplitude_down_v)
+        sym, sym_sim, _ = symmetry_points(model)
+        at = dict(amplitude_up_v=pulses.amplitude_up_v, amplitude_down_v=pulses.amplitude_down_v,
+                  granularity=model.granularity, symmetry_point=sym, symmetry_point_simulated=sym_sim,
+                  response_nrmse=card.amplitude.nrmse,
+                  response_out_of_sample_nrmse=(card.amplitude.out_of_sample or {}).get("out_of_sample_nrmse"))
+    return dict(amplitude=at,symmetry_point=f.symmetry_point, symmetry_point_simulated=f.symmetry_point_simulated,
                 symmetry_interval={k: f.symmetry_interval[k] for k in ("median", "low", "high", "level", "resamples")}
                 if f.symmetry_interval else None,
                 stable_points=[dict(w=p["w"], basin_fraction=p["basin_fraction"]) for p in f.stable_points]
@@ -299,7 +309,7 @@ def _train(config: TrainConfig, out: Path | None, resume: bool, progress: bool, 
                          test_accuracy=test, calibration=calibration, counters=_counter_totals(network),
                          wall_s=time.perf_counter() - start_wall, resumed_from_epoch=first_epoch - 1 if resume else 0,
                          digital_macs=digital_macs, endurance=_run_endurance(network, card),
-                         memory=train_memory(config).to_dict(), card_checks=card_checks(card))
+                         memory=train_memory(config).to_dict(), card_checks=card_checks(card, config.pulses))
     if out is not None:
         write_atomically(out / "summary.json", result.to_json() + "\n")
     return result

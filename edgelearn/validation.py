@@ -233,13 +233,16 @@ def choose_complexity(trace: Trace, folds: int = DEFAULT_FOLDS, nodes=COMPLEXITY
 
 def fit_card(trace: Trace, nodes: int | str = DEFAULT_NODES, smoothing: float | str = DEFAULT_SMOOTHING,
              folds: int = DEFAULT_FOLDS, families=("constant", "soft-bounds", "power", "power-amplitude"),
-             stability: bool = True, method: str = "replay", sp_resamples: int = 0) -> DeviceCard:
+             stability: bool = True, method: str = "replay", sp_resamples: int = 0,
+             amplitude: bool = True) -> DeviceCard:
     """fit_device plus what says how far the card can be trusted, stored in its figures: blocked cross-validation
     against the constant-step baseline and the low-dimensional families (`out_of_sample`), every stable point with
     its basin (`stable_points`). nodes / smoothing "auto": chosen by choose_complexity (both or neither).
     folds 0: no cross-validation (nor a complexity choice). sp_resamples > 0: the symmetry point's median and 90 %
     interval over that many refits on 70 % of the trace (edgelearn.stability.symmetry_interval). method "poly5": the published pipeline
-    (edgelearn.poly5.fit_poly5: np.gradient per branch, a degree-5 polynomial per direction; nodes only)."""
+    (edgelearn.poly5.fit_poly5: np.gradient per branch, a degree-5 polynomial per direction; nodes only).
+    amplitude: also fit the card's amplitude response (edgelearn.amplitude) where both directions' pulses span a
+    range of amplitudes, cross-validated on the same folds beside the amplitude-blind card."""
     if method not in ("replay", "poly5"):
         raise EdgelearnError(f"--method: expected replay or poly5, got '{method}'")
     if method == "poly5" and (nodes == "auto" or smoothing == "auto"):
@@ -272,6 +275,19 @@ def fit_card(trace: Trace, nodes: int | str = DEFAULT_NODES, smoothing: float | 
                 baseline_in_sample_nrmse=cv.baseline_in_sample_nrmse, beats_baseline=cv.beats_baseline,
                 families={f: cross_validate_family(trace, f, folds).to_dict() for f in families},
                 complexity=choice.to_dict() if choice else None)
+    if amplitude and method == "replay":
+        from .amplitude import cross_validate_amplitude, fit_amplitude, has_amplitude_range
+
+        # never more fitted values (2 x nodes + 4) than pulses: fewer nodes than the card on a short trace
+        amp_nodes = min(int(nodes), (figures.n_pulses - 4) // 2)
+        if has_amplitude_range(trace) and amp_nodes >= 3:
+            _log.info("amplitude response: tables and one sigmoid per direction, fitted jointly")
+            response = fit_amplitude(trace, card, nodes=amp_nodes)
+            if figures.out_of_sample and figures.out_of_sample.get("nrmse") is not None:
+                response.out_of_sample = cross_validate_amplitude(
+                    trace, figures.out_of_sample["folds"], amp_nodes, float(smoothing),
+                    blind=cv if amp_nodes == int(nodes) else None, full=response).to_dict()
+            card.amplitude = response
     if stability:
         from .stability import stable_points
 

@@ -116,8 +116,9 @@ def test_family_kernel_matches_its_reference_and_fits_recover_an_amplitude_law()
 def test_card_warnings_fire_on_implausible_cards():
     card = load_card("ID170ZR5000-20ns")
     assert card_warnings(card, implausible_only=True) == []
-    # out of sample it is 29x its in-sample error and no better than constant steps, as most measured cards
-    assert [line.split(" ")[0] for line in card_warnings(card)] == ["out-of-sample", "out"]
+    # out of sample it is 29x its in-sample error and no better than constant steps, as most measured cards; its
+    # amplitude response comes from one-way staircases
+    assert [line.split(" ")[0] for line in card_warnings(card)] == ["out-of-sample", "out", "amplitude"]
     f = card.figures
     bad = card.model_copy(deep=True)
     bad.model.dw_min_std = 3.8
@@ -191,6 +192,13 @@ def test_training_summaries_carry_the_cards_checks():
 
     checks = card_checks(load_card("ID170ZR5000-200ns"))
     assert set(checks) == {"symmetry_point", "symmetry_point_simulated", "symmetry_interval", "stable_points",
-                           "out_of_sample_nrmse", "warnings"}
+                           "out_of_sample_nrmse", "warnings", "amplitude"}
     assert checks["symmetry_point"] == load_card("ID170ZR5000-200ns").figures.symmetry_point
+    assert checks["amplitude"] is None  # the run left the amplitude unset: the amplitude-blind card
+    from edgelearn.board import PulseConfig
+
+    card = load_card("ID170ZR5000-200ns")
+    at = card_checks(card, PulseConfig(amplitude_up_v=1.0, amplitude_down_v=1.0))["amplitude"]
+    assert at["granularity"] == card.model_at(1.0, 1.0).granularity < card.figures.granularity
+    assert at["response_out_of_sample_nrmse"] == card.amplitude.out_of_sample["out_of_sample_nrmse"]
     assert card_checks(None) == {}

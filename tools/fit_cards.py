@@ -125,6 +125,40 @@ def prediction_table(cards, poly5) -> str:
     return "\n".join(lines)
 
 
+def amplitude_table(cards) -> str:
+    """The amplitude-aware model (edgelearn.amplitude) beside the amplitude-blind card on the same folds."""
+    import numpy as np
+
+    lines = ["| card | pulses | fitted values (blind / aware) | in-sample nrmse, blind / aware | out of sample, blind "
+             "/ aware (folds) | aware better by | v0 / vs up (V) | v0 / vs down (V) | measured |V| up; down | "
+             "ramps identify it? |", "|---|---|---|---|---|---|---|---|---|---|"]
+    blind, aware = [], []
+    for card in cards:
+        a, f = card.amplitude, card.figures
+        if a is None:
+            lines.append(f"| {card.card_id} | {f.n_pulses} | {f.parameters} / - | {f.nrmse:.4f} / - | - | - | - | - "
+                         "| one amplitude per direction | - |")
+            continue
+        o = a.out_of_sample or {}
+        b_oos, a_oos = o.get("blind_out_of_sample_nrmse"), o.get("out_of_sample_nrmse")
+        if b_oos is not None and a_oos is not None:
+            blind.append(b_oos)
+            aware.append(a_oos)
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        lines.append(
+            f"| {card.card_id} | {f.n_pulses} | {f.parameters} / {a.parameters} | {f.nrmse:.4f} / {a.nrmse:.4f} "
+            f"| {fmt(b_oos)} / **{fmt(a_oos)}** ({o.get('folds', '-')}) "
+            f"| {'-' if not (b_oos and a_oos) else f'{b_oos / a_oos:.2f}x'} "
+            f"| {a.v0_up_v:.2f} / {a.vs_up_v:.3f} | {a.v0_down_v:.2f} / {a.vs_down_v:.3f} "
+            f"| {a.range_up_v[0]:.2f}-{a.range_up_v[1]:.2f}; {a.range_down_v[0]:.2f}-{a.range_down_v[1]:.2f} "
+            f"| {'yes' if a.identified else 'no (one-way ramps)'} |")
+    if blind:
+        lines.append(f"| **median over {len(blind)} traces** | | | | {np.median(blind):.3f} / "
+                     f"**{np.median(aware):.3f}** | aware lower on {sum(x < y for x, y in zip(aware, blind))} of "
+                     f"{len(blind)} | | | | |")
+    return "\n".join(lines)
+
+
 def interval_table(cards) -> str:
     lines = ["| card | symmetry point (full fit) | median of 20 refits | 90 % interval | simulated: median "
              "[90 %] | refits at a bound (±0.05) |", "|---|---|---|---|---|---|"]
@@ -179,9 +213,10 @@ def main() -> int:
             cards.append(card)
             poly5[card.card_id] = p5
             o = card.figures.out_of_sample or {}
+            a = (card.amplitude.out_of_sample or {}) if card.amplitude else {}
             print(f"{card.card_id:44s} eps={card.figures.granularity:.4f} sym={card.figures.symmetry_point:+.3f} "
                   f"nrmse={card.figures.nrmse:.4f} oos={o.get('nrmse') or float('nan'):.3f} ({o.get('folds')} folds) "
-                  f"{wall:.0f}s", flush=True)
+                  f"amplitude-aware oos={a.get('out_of_sample_nrmse') or float('nan'):.3f} {wall:.0f}s", flush=True)
     traces = {path.name: load_trace(path) for path in files}
     cards = sorted((keep_committed(c) if c.device_id in BUNDLED_DEVICES else c for c in cards),
                    key=lambda c: (c.device_id, c.pulse_width_s, c.card_id))
@@ -192,6 +227,7 @@ def main() -> int:
     text = replace_block(text, "devices-table", table(cards))
     text = replace_block(text, "prediction-table", prediction_table(cards, poly5))
     text = replace_block(text, "interval-table", interval_table(cards))
+    text = replace_block(text, "amplitude-table", amplitude_table(cards))
     text = replace_block(text, "cross-run-table", cross_run_table(cards, traces))
     outputs[doc] = text
     changed = [p for p, content in outputs.items() if not p.exists() or p.read_text() != content]

@@ -15,6 +15,7 @@ counters and the random generator.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import select
@@ -28,9 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from firmware_model import controller as ctl
+from firmware_model import crossbar
 from firmware_model import protocol as p
 
-from ..board import PeripheryConfig, Tile
+from ..board import PeripheryConfig, PulseConfig, Tile
 from ..devices import DeviceCard, DeviceVariation
 
 FIRMWARE = "edgelearn-board-emulator 1.0"
@@ -51,11 +53,16 @@ class BoardFirmware:
     """The command interpreter of the emulated board.
 
     `ideal=True` removes device-to-device variation and cycle-to-cycle noise (and the MVM output noise): every device
-    is the card's nominal device and a pulse schedule has exactly one outcome, which `hil compare` uses."""
+    is the card's nominal device and a pulse schedule has exactly one outcome, which `hil compare` uses.
+
+    `amplitude_aware=True` makes the configured amplitude matter: the devices follow each card's amplitude response
+    (steps = tables at the reference amplitude x A(|V|) / A(reference), edgelearn.amplitude), and the board offers the
+    amplitudes both directions were measured at. Without it (the default) every amplitude gives the card's
+    amplitude-blind steps, as before."""
 
     def __init__(self, cards: list[DeviceCard], rows: int = 8, cols: int = 8, seed: int = 0, ideal: bool = False,
                  periphery: PeripheryConfig | None = None, lease_s: float = DEFAULT_LEASE_S,
-                 max_pulses: int = MAX_PULSES_PER_COMMAND):
+                 max_pulses: int = MAX_PULSES_PER_COMMAND, amplitude_aware: bool = False):
         if not cards:
             raise ValueError("the board needs at least one device card")
         if not (1 <= rows <= 1024 and 1 <= cols <= 1024):
@@ -67,13 +74,21 @@ class BoardFirmware:
         # the DAC codes arrive from the host (which did the noise management); the board does bound management
         self.periphery = periphery.model_copy(update={"noise_management": "none"})
         self.tiles: dict[int, Tile] = {}
+        self.amplitude_aware = bool(amplitude_aware)
         first = None
         for card in cards:
             width_ns = int(round(card.pulse_width_s * 1e9))
             if width_ns in self.tiles:
                 raise ValueError(f"two cards for the pulse width {width_ns} ns")
+            pulses = None
+            if self.amplitude_aware:
+                if card.amplitude is None:
+                    raise ValueError(f"card {card.card_id} has no amplitude response: the amplitude-aware board "
+                                     "needs cards fitted from amplitude staircases (edgelearn device fit)")
+                pulses = PulseConfig(amplitude_up_v=card.amplitude.reference_up_v,
+                                     amplitude_down_v=card.amplitude.reference_down_v)
             tile = Tile(card, rows, cols, seed=seed, variation=DeviceVariation.none() if ideal else None,
-                        c2c_std=0.0 if ideal else None, periphery=self.periphery)
+                        c2c_std=0.0 if ideal else None, periphery=self.periphery, pulses=pulses)
             if first is None:
                 first = tile
             else:  # one physical array: shared states, counters, generator
@@ -189,8 +204,11 @@ class BoardFirmware:
             raise CommandError(p.E_UNKNOWN_COMMAND, f"unknown command 0x{command:02x}")
         return handler(p.Reader(body, p.COMMAND_NAMES[command]))
 
-    @staticmethod
-    def _amplitude_range_mv(card: DeviceCard) -> tuple[int, int]:
+    def _amplitude_range_mv(self, card: DeviceCard) -> tuple[int, int]:
+        if self.amplitude_aware:  # where both directions' response was measured
+            a = card.amplitude
+            low, high = max(a.range_up_v[0], a.range_down_v[0]), min(a.range_up_v[1], a.range_down_v[1])
+            return int(math.ceil(low * 1000 - 1e-9)), int(math.floor(high * 1000 + 1e-9))
         vr = card.provenance.voltage_range
         if vr is None:
             return 100, 10000
@@ -208,7 +226,8 @@ class BoardFirmware:
             low, high = self._amplitude_range_mv(card)
             out += struct.pack("<Ihh", width_ns, low, high)
         out += struct.pack("<dd", self.read_offset_s, self.read_scale_s)
-        out += p.text(FIRMWARE + (" (ideal devices)" if self.ideal else "")) + p.text(self.device_id)
+        out += p.text(FIRMWARE + (" (ideal devices)" if self.ideal else "")
+                      + (" (amplitude-aware)" if self.amplitude_aware else "")) + p.text(self.device_id)
         return out
 
     def _configure(self, r: p.Reader) -> bytes:
@@ -255,7 +274,14 @@ class BoardFirmware:
         return slice(row0, row0 + rows), slice(col0, col0 + cols)
 
     def _pulse(self, tile: Tile, rs: slice, cs: slice, counts: np.ndarray) -> int:
-        return int(ctl.apply_counts(tile.state[rs, cs], tile.params[rs, cs], tile.table_up, tile.table_down,
+        params = tile.params[rs, cs]
+        if self.amplitude_aware:  # the steps at the configured amplitude
+            response = self.cards[self.configured[0]].amplitude
+            volts = self.configured[1] / 1000.0
+            params = params.copy()
+            params[..., crossbar.P_SCALE_UP] *= response.factor(volts, "up")
+            params[..., crossbar.P_SCALE_DOWN] *= response.factor(volts, "down")
+        return int(ctl.apply_counts(tile.state[rs, cs], params, tile.table_up, tile.table_down,
                                     tile.c2c_std, counts, tile.rng, tile.normal_table,
                                     tile.device_pulses[:, rs, cs, :], tile.counters))
 
@@ -336,10 +362,10 @@ class BoardFirmware:
         return b""
 
 
-def warm_up(card: DeviceCard) -> None:
+def warm_up(card: DeviceCard, amplitude_aware: bool = False) -> None:
     """Run every kernel once on a scratch 2 x 2 board, so numba compiles (or loads from its cache) before the board
     answers its first host: a real board is ready when it enumerates, not seconds into its first command."""
-    fw = BoardFirmware([card], 2, 2)
+    fw = BoardFirmware([card], 2, 2, amplitude_aware=amplitude_aware)
     width_ns = int(round(card.pulse_width_s * 1e9))
     low, high = fw._amplitude_range_mv(card)
     region = p.REGION.pack(0, 2, 0, 2)

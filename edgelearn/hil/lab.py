@@ -100,12 +100,34 @@ def _schedule(pulses: int, cycles: int) -> np.ndarray:
     return np.tile(one, cycles)
 
 
+def _amplitudes_mv(plan: dict) -> np.ndarray:
+    """Each pulse's amplitude magnitude in mV: the plan's amplitude, or with `staircase_mv` [low, high] a ramp over
+    every train, from low to high in odd cycles (as the LBE247 measurements: each branch starts low and ends high) and
+    from high to low in even ones. One-way ramps move |V| and the state together along a branch, and a fit cannot
+    tell the amplitude from the state dependence apart (docs/devices.md, "Amplitude-aware steps"); alternating ramps
+    meet each state at different amplitudes."""
+    n = 2 * plan["pulses"] * plan["cycles"]
+    stair = plan.get("staircase_mv")
+    if not stair:
+        return np.full(n, int(plan["amplitude_mv"]), np.int64)
+    ramp = np.round(np.linspace(stair[0], stair[1], plan["pulses"])).astype(np.int64)
+    return np.concatenate([np.tile(ramp if c % 2 == 0 else ramp[::-1], 2) for c in range(plan["cycles"])])
+
+
+def _check_amplitude(board: SerialBoard, width_ns: int, volts: float, what: str) -> int:
+    low, high = board.amplitude_range_mv(width_ns)
+    if not (np.isfinite(volts) and low <= abs(volts) * 1000 <= high):
+        raise EdgelearnError(f"{what} {volts:g} V: the board offers {low / 1000:g}..{high / 1000:g} V at {width_ns} ns")
+    return int(round(abs(volts) * 1000))
+
+
 def characterize(board: SerialBoard, width_ns: int, pulses: int = 200, cycles: int = 2, amplitude_v: float | None
                  = None, row: int = 0, col: int = 0, read_voltage_v: float = 0.1, progress=None,
-                 journal: str | Path | None = None) -> Trace:
+                 journal: str | Path | None = None, staircase_v: tuple[float, float] | None = None) -> Trace:
     """The measurement protocol: `cycles` times a train of `pulses` down pulses then `pulses` up pulses on device
     (row, col), reading the conductance after every pulse. Returns a trace in our format (fit it with
-    `edgelearn device fit`).
+    `edgelearn device fit`). `staircase_v` (low, high): every train ramps the amplitude from low to high (rounded to
+    mV, re-configured whenever it changes) instead of one `amplitude_v`, so the fit can find the amplitude response.
 
     With `journal` (a path), every measured pulse is appended to that file as it is measured (a trace CSV of the
     prefix), so an interrupted run loses nothing and `resume_characterization(board, journal)` continues it."""
@@ -118,9 +140,21 @@ def characterize(board: SerialBoard, width_ns: int, pulses: int = 200, cycles: i
     if journal is not None and Path(journal).exists():
         raise EdgelearnError(f"{journal}: an interrupted characterisation is kept there: continue it with --resume, "
                              "or delete the file to start again")
+    stair = None
+    if staircase_v is not None:
+        if amplitude_v is not None:
+            raise EdgelearnError("--staircase ramps the amplitude: give it or --amplitude, not both")
+        stair = [_check_amplitude(board, width_ns, v, f"--staircase {which}")
+                 for v, which in zip(staircase_v, ("low", "high"))]
+        if not stair[0] < stair[1]:
+            raise EdgelearnError(f"--staircase: expected LOW:HIGH with LOW < HIGH, got {staircase_v[0]:g}:"
+                                 f"{staircase_v[1]:g} V")
+        amplitude_v = stair[1] / 1000.0
     amplitude_mv = _pulse_setup(board, width_ns, amplitude_v)
     plan = dict(width_ns=int(width_ns), amplitude_mv=amplitude_mv, pulses=int(pulses), cycles=int(cycles),
                 row=int(row), col=int(col), device_id=board.info.device_id, board_pulses_before=_board_pulses(board))
+    if stair is not None:
+        plan["staircase_mv"] = stair
     meta = TraceMeta(device_id=board.info.device_id, pulse_width_s=width_ns * 1e-9, read_voltage_v=read_voltage_v,
                      measured_at=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
                      source=f"hil {board.info.url} device ({row}, {col}) {board.info.firmware}", selection="all",
@@ -134,15 +168,20 @@ def _measure(board, plan, meta, done_polarity, done_conductance, writer, progres
     n = len(schedule)
     polarity = np.concatenate([done_polarity, np.empty(n - len(done_polarity), np.int64)])
     conductance = np.concatenate([done_conductance, np.empty(n - len(done_conductance))])
-    amplitude_v = plan["amplitude_mv"] / 1000.0
+    amplitude_v = _amplitudes_mv(plan) / 1000.0
     row, col = plan["row"], plan["col"]
+    configured = plan["amplitude_mv"]  # what _pulse_setup left on the board
     try:
         for k in range(len(done_polarity), n):
+            mv = int(round(amplitude_v[k] * 1000))
+            if mv != configured:
+                board.configure_pulse(plan["width_ns"], mv)
+                configured = mv
             board.apply_pulses(row, col, p.DOWN if schedule[k] > 0 else p.UP, 1)  # trace +1 = positive = down
             polarity[k] = schedule[k]
             conductance[k] = board.read_conductance(row, col)
             if writer is not None:
-                writer.append(trace_row(k + 1, schedule[k] * amplitude_v, schedule[k], conductance[k]))
+                writer.append(trace_row(k + 1, schedule[k] * amplitude_v[k], schedule[k], conductance[k]))
             if progress is not None:
                 progress(1)
     finally:
@@ -181,7 +220,7 @@ def resume_characterization(board: SerialBoard, journal: str | Path, progress=No
     if applied == len(pols) + 1 and len(pols) < len(schedule):  # the pulse in flight was applied, its read lost
         g = board.read_conductance(plan["row"], plan["col"])
         k = len(pols)
-        writer.append(trace_row(k + 1, schedule[k] * plan["amplitude_mv"] / 1000.0, schedule[k], g))
+        writer.append(trace_row(k + 1, schedule[k] * _amplitudes_mv(plan)[k] / 1000.0, schedule[k], g))
         pols, gs = np.append(pols, schedule[k]), np.append(gs, g)
         if progress is not None:
             progress(1)
