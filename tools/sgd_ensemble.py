@@ -6,7 +6,8 @@
 Refits the trace on n random 70 % subsets of its blocks (edgelearn.stability.bootstrap_cards, seed 0), trains the
 paper's network with plain SGD (lr 0.1, batch 64, lr halved every 10 epochs, seed 0) on each card and on the bundled
 card, and rewrites the block between the sgd-ensemble markers of docs/results.md: accuracy per card with its
-symmetry point, the median and the 90 % range. Finished runs are reused (OUT/<card>/summary.json).
+symmetry point, the median and the 90 % range (the default trace; another trace gets its own block,
+sgd-ensemble-<width>, added after the last one). Finished runs are reused (OUT/<card>/summary.json).
 """
 
 from __future__ import annotations
@@ -26,12 +27,16 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from edgelearn.devices import bundled_cards, load_card, symmetry_points  # noqa: E402
+from edgelearn.devices import bundled_cards, load_card, symmetry_points, width_label  # noqa: E402
 from edgelearn.stability import bootstrap_cards  # noqa: E402
 from edgelearn.traces import load_trace  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-START, END = "<!-- sgd-ensemble:start -->", "<!-- sgd-ensemble:end -->"
+DEFAULT_TRACE = "ID170ZR5000_20241024T133047.dat"
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
 def run_one(card_path: str, epochs: int, data_dir: str, out: str) -> dict:
@@ -49,7 +54,7 @@ def run_one(card_path: str, epochs: int, data_dir: str, out: str) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trace", default="ID170ZR5000_20241024T133047.dat", help="a trace of ../shared/traces/lbe247")
+    parser.add_argument("--trace", default=DEFAULT_TRACE, help="a trace of ../shared/traces/lbe247")
     parser.add_argument("-n", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--jobs", type=int, default=2)
@@ -61,6 +66,8 @@ def main() -> int:
     out = Path(args.out)
     (out / "cards").mkdir(parents=True, exist_ok=True)
     bundled = next(load_card(p) for p in bundled_cards().values() if load_card(p).provenance.source_file == args.trace)
+    block = "sgd-ensemble" if args.trace == DEFAULT_TRACE else f"sgd-ensemble-{width_label(bundled.pulse_width_s)}"
+    START, END = markers(block)
     bundled_path = out / "cards" / f"{bundled.card_id}.json"
     bundled.save(bundled_path)
     cards = [bundled_path]
@@ -93,6 +100,9 @@ def main() -> int:
               f"{np.corrcoef([r['sp'] for r in rows[1:]], acc)[0, 1]:+.2f}.", "", END]
     doc = REPO / "docs" / "results.md"
     text = doc.read_text()
+    if START not in text and block != "sgd-ensemble":  # a new width: its block goes after the last ensemble block
+        last = max(i + len(":end -->") for i in [text.rfind(":end -->", 0, text.find("\nWhat it says"))] if i >= 0)
+        text = text[:last] + f"\n\n{START}\n{END}" + text[last:]
     if START not in text:
         print("\n".join(lines))
         print(f"{doc}: the markers are missing; printed instead", file=sys.stderr)
