@@ -1,12 +1,12 @@
-"""The test board's firmware, emulated: serves the link protocol (docs/protocol.md) from the same numba controller and
-crossbar as the in-process emulator, over a pseudo-terminal or a TCP socket, with optional fault injection (a bad
-cable: dropped, corrupted and delayed bytes).
+"""The test board, emulated: the board firmware (`firmware_model.board`: the protocol interpreter and its crossbar
+HAL) over an array built from device cards, served over a pseudo-terminal or a TCP socket, with optional fault
+injection (a bad cable: dropped, corrupted and delayed bytes).
 
 `BoardFirmware.handle(payload)` is the whole command interpreter (bytes in, bytes out, no I/O), so it can be fuzzed
 and tested without a port; `BoardEmulator` serves it over a pty or a socket in one non-blocking thread (or in the
-foreground for `edgelearn board-emulator`). It lives on the host's floor because it builds its array from the host's
-`Tile`; the kernels (`firmware_model.controller`) and the protocol codec (`firmware_model.protocol`) are the
-device's.
+foreground for `edgelearn board-emulator`). The firmware, its kernels (`firmware_model.controller`) and the protocol
+codec (`firmware_model.protocol`) are the device's and import nothing from here; this module only builds the
+emulated array from cards (through the host's `Tile`, which draws each device's parameters) and owns the transport.
 
 One physical array of rows x cols devices of one device type. Each card given is one supported pulse width (its d2d
 draw uses the same seed, so a device keeps its identity across widths); all widths share the device states, the
@@ -23,34 +23,27 @@ import socket
 import struct
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass
 
-import numpy as np
-
-from firmware_model import controller as ctl
-from firmware_model import crossbar
+from firmware_model import board as fw
 from firmware_model import protocol as p
 
 from ..board import PeripheryConfig, PulseConfig, Tile
 from ..devices import DeviceCard, DeviceVariation
 
 FIRMWARE = "edgelearn-board-emulator 1.0"
-READ_BITS = 16
-READ_SPAN_W = 4.0  # read codes cover w in [-2, 2] of the first card's normalisation
-CACHE_DEPTH = 32  # answers kept per session for repeated requests
-DEFAULT_LEASE_S = 10.0  # a session that sent nothing for this long no longer holds the board
-MAX_PULSES_PER_COMMAND = 1 << 24  # count x devices of one APPLY_PULSES / UPDATE (about 0.1 s of emulator work)
 
 
-class CommandError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+FIRMWARES = ("python", "c")
 
 
 class BoardFirmware:
-    """The command interpreter of the emulated board.
+    """The board firmware over an emulated array built from device cards, one card per supported pulse width: the
+    Python interpreter (`firmware_model.board.BoardFirmware`, firmware "python") or the C firmware's
+    (`firmware_model.cboard.CBoardFirmware`, firmware "c"; built for the host on first use), both over the same
+    arrays. `firmware` None: $EDGELEARN_BOARD_FIRMWARE, else "python". Everything else the interpreter offers
+    (`main`, `executed`, `configured`, `amplitude_range_mv`, ...) is reached through this object.
 
     `ideal=True` removes device-to-device variation and cycle-to-cycle noise (and the MVM output noise): every device
     is the card's nominal device and a pulse schedule has exactly one outcome, which `hil compare` uses.
@@ -61,148 +54,70 @@ class BoardFirmware:
     amplitude-blind steps, as before."""
 
     def __init__(self, cards: list[DeviceCard], rows: int = 8, cols: int = 8, seed: int = 0, ideal: bool = False,
-                 periphery: PeripheryConfig | None = None, lease_s: float = DEFAULT_LEASE_S,
-                 max_pulses: int = MAX_PULSES_PER_COMMAND, amplitude_aware: bool = False):
+                 periphery: PeripheryConfig | None = None, lease_s: float = fw.DEFAULT_LEASE_S,
+                 max_pulses: int = fw.MAX_PULSES_PER_COMMAND, amplitude_aware: bool = False,
+                 firmware: str | None = None):
+        firmware = firmware or os.environ.get("EDGELEARN_BOARD_FIRMWARE") or "python"
+        if firmware not in FIRMWARES:
+            raise ValueError(f"firmware: expected one of {', '.join(FIRMWARES)}, got '{firmware}'")
         if not cards:
             raise ValueError("the board needs at least one device card")
         if not (1 <= rows <= 1024 and 1 <= cols <= 1024):
             raise ValueError(f"array size must be 1..1024 x 1..1024, got {rows} x {cols}")
-        self.rows, self.cols, self.ideal = rows, cols, ideal
+        self.implementation = firmware
+        self.ideal = ideal
+        self.amplitude_aware = bool(amplitude_aware)
         periphery = periphery or PeripheryConfig()
         if ideal:
             periphery = periphery.model_copy(update={"out_noise": 0.0})
         # the DAC codes arrive from the host (which did the noise management); the board does bound management
         self.periphery = periphery.model_copy(update={"noise_management": "none"})
-        self.tiles: dict[int, Tile] = {}
-        self.amplitude_aware = bool(amplitude_aware)
-        first = None
+        widths, first = [], None
         for card in cards:
             width_ns = int(round(card.pulse_width_s * 1e9))
-            if width_ns in self.tiles:
+            if any(w.width_ns == width_ns for w in widths):
                 raise ValueError(f"two cards for the pulse width {width_ns} ns")
-            pulses = None
+            pulses, response = None, None
             if self.amplitude_aware:
-                if card.amplitude is None:
+                a = card.amplitude
+                if a is None:
                     raise ValueError(f"card {card.card_id} has no amplitude response: the amplitude-aware board "
                                      "needs cards fitted from amplitude staircases (edgelearn device fit)")
-                pulses = PulseConfig(amplitude_up_v=card.amplitude.reference_up_v,
-                                     amplitude_down_v=card.amplitude.reference_down_v)
+                pulses = PulseConfig(amplitude_up_v=a.reference_up_v, amplitude_down_v=a.reference_down_v)
+                response = (a.v0_up_v, a.vs_up_v, a.reference_up_v, a.v0_down_v, a.vs_down_v, a.reference_down_v)
+            # the host's Tile draws each device's parameters (same seed for every width: a device keeps its identity)
             tile = Tile(card, rows, cols, seed=seed, variation=DeviceVariation.none() if ideal else None,
                         c2c_std=0.0 if ideal else None, periphery=self.periphery, pulses=pulses)
-            if first is None:
-                first = tile
-            else:  # one physical array: shared states, counters, generator
-                tile.state, tile.counters, tile.device_pulses, tile.rng = (first.state, first.counters,
-                                                                           first.device_pulses, first.rng)
-            self.tiles[width_ns] = tile
+            first = first or tile
+            widths.append(fw.PulseWidth(width_ns, tile.table_up, tile.table_down, tile.params, tile.c2c_std,
+                                        self._amplitude_range_mv(card), response))
         self.cards = {int(round(c.pulse_width_s * 1e9)): c for c in cards}
-        self.main = first
+        array = fw.EmulatedCrossbar(first.state, widths, self.periphery.kernel_args(), first.rng, first.normal_table)
         card0 = cards[0]
-        self.device_id = card0.device_id
         g_range = card0.g_max_s - card0.g_min_s
-        self.read_offset_s = card0.g_ref_s
-        self.read_scale_s = READ_SPAN_W / (2**READ_BITS - 1) * g_range / 2.0  # siemens per code
-        self.w_per_code = READ_SPAN_W / (2**READ_BITS - 1)
-        self.configured: tuple[int, int] | None = None  # (width_ns, amplitude_mV)
-        self.ref_zero = np.zeros((rows, cols))
-        self.lease_s = float(lease_s)
-        self.max_pulses = int(max_pulses)
-        self.owner: int | None = None  # the session that holds the board
-        self.owner_seen = 0.0  # when it last sent a request (time.monotonic)
-        self.cache: OrderedDict[int, tuple[bytes, bytes]] = OrderedDict()  # seq -> (request, response), owner's
-        self.high_seq: int | None = None  # the owner's last executed seq
-        self.last_received = (0, 0)  # (session, seq) of the last intact request: what a NAK names
-        self.executed = 0
-        self.duplicates = 0
-        self.stale = 0
-        self.busy = 0
+        if firmware == "c":
+            from firmware_model.cboard import CBoardFirmware as interpreter
+        else:
+            interpreter = fw.BoardFirmware
+        self.impl = interpreter(
+            array, FIRMWARE + (" (C firmware)" if firmware == "c" else "") + (" (ideal devices)" if ideal else "")
+            + (" (amplitude-aware)" if self.amplitude_aware else ""), card0.device_id, read_offset_s=card0.g_ref_s,
+            read_scale_s=fw.READ_SPAN_W / (2**fw.READ_BITS - 1) * g_range / 2.0,  # siemens per code
+            dac_bits=self.periphery.dac_bits, adc_bits=self.periphery.adc_bits, inp_bound=self.periphery.inp_bound,
+            lease_s=lease_s, max_pulses=max_pulses)
 
-    # -- the interpreter -------------------------------------------------------------------------------------------
     def handle(self, payload: bytes, now: float | None = None) -> bytes | None:
-        """One request payload (CRC already checked) -> the response payload, or None for a frame that is not a
-        request. Exactly once: a request whose (session, seq) was executed recently is answered from the cache; one
-        older than the cache is refused with E_STALE; neither is executed again. While one host's session holds the
-        board (it sent a request in the last `lease_s` seconds and has not sent CLOSE), other sessions get E_BUSY."""
-        if not payload:
-            return None
-        if payload[0] != p.PROTOCOL_VERSION:
-            return self._foreign_version(payload)
-        try:
-            msg = p.parse_message(payload)
-        except p.ProtocolError:
-            return None
-        if msg.is_response:
-            return None
-        now = time.monotonic() if now is None else now
-        if self.owner is not None and msg.session != self.owner and now - self.owner_seen < self.lease_s:
-            self.busy += 1
-            return self._answer(msg, p.E_BUSY, p.text(
-                f"in use by another host (session 0x{self.owner:04x}, last request {now - self.owner_seen:.1f} s ago); "
-                f"free when that host closes its link or after {self.lease_s:g} s without requests"))
-        if msg.session != self.owner:  # the board is free (or the owner's lease ran out): this session takes it
-            self.owner, self.cache, self.high_seq = msg.session, OrderedDict(), None
-        self.owner_seen = now
-        self.last_received = (msg.session, msg.seq)
-        cached = self.cache.get(msg.seq)
-        if cached is not None:
-            if cached[0] == payload:
-                self.duplicates += 1
-                return cached[1]
-            self.stale += 1
-            return self._answer(msg, p.E_STALE, p.text(f"seq {msg.seq} was already used for another request of this "
-                                                       "session: not executed"))
-        if self.high_seq is not None and 0 < (self.high_seq - msg.seq) & 0xFFFF < 0x8000:
-            self.stale += 1
-            return self._answer(msg, p.E_STALE, p.text(f"request seq {msg.seq} is older than the last one executed "
-                                                       f"({self.high_seq}): a late duplicate, not executed again"))
-        try:
-            status, body = p.OK, self._execute(msg.command, msg.body)
-            self.executed += 1
-        except CommandError as exc:
-            status, body = exc.status, p.text(str(exc))
-        except p.ProtocolError as exc:
-            status, body = p.E_BAD_LENGTH, p.text(str(exc))
-        except Exception as exc:  # noqa: BLE001 - firmware must answer, never die: report and go on
-            status, body = p.E_INTERNAL, p.text(f"{type(exc).__name__}: {exc}")
-        response = self._answer(msg, status, body)
-        self.cache[msg.seq] = (bytes(payload), response)
-        self.high_seq = msg.seq
-        while len(self.cache) > CACHE_DEPTH:
-            self.cache.popitem(last=False)
-        if msg.command == p.CLOSE and status == p.OK:
-            self.release(msg.session)
-        return response
-
-    @staticmethod
-    def _answer(msg: p.Message, status: int, body: bytes) -> bytes:
-        return p.Message(p.PROTOCOL_VERSION, msg.seq, (msg.command | p.RESPONSE) & 0xFF, status, body,
-                         msg.session).pack()
-
-    @staticmethod
-    def _foreign_version(payload: bytes) -> bytes | None:
-        """A request of another protocol version is not executed: E_VERSION in the version-1 header layout (the
-        oldest one), carrying this board's version, so a host of any version can report the mismatch."""
-        if len(payload) < p.V1_HEADER.size:
-            return None
-        version, seq, command, _ = p.V1_HEADER.unpack_from(payload)
-        if command & p.RESPONSE:
-            return None
-        return p.V1_HEADER.pack(p.PROTOCOL_VERSION, seq, command | p.RESPONSE, p.E_VERSION) + p.text(
-            f"board speaks protocol {p.PROTOCOL_VERSION}, got {version}")
+        """One request payload -> the response payload (or None): the interpreter's handle."""
+        return self.impl.handle(payload, now)
 
     def release(self, session: int) -> None:
-        """The session's host is gone (CLOSE, or its TCP connection ended): the board is free for another host."""
-        if self.owner == session:
-            self.owner, self.cache, self.high_seq = None, OrderedDict(), None
+        self.impl.release(session)
 
-    def _execute(self, command: int, body: bytes) -> bytes:
-        handler = {p.IDENTIFY: self._identify, p.CONFIGURE_PULSE: self._configure, p.APPLY_PULSES: self._apply,
-                   p.READ: self._read, p.FORWARD: self._forward, p.BACKWARD: self._backward,
-                   p.UPDATE: self._update, p.READ_COUNTERS: self._read_counters,
-                   p.RESET_COUNTERS: self._reset_counters, p.CLOSE: self._close}.get(command)
-        if handler is None:
-            raise CommandError(p.E_UNKNOWN_COMMAND, f"unknown command 0x{command:02x}")
-        return handler(p.Reader(body, p.COMMAND_NAMES[command]))
+    def __getattr__(self, name: str):
+        impl = self.__dict__.get("impl")
+        if impl is None:
+            raise AttributeError(name)
+        return getattr(impl, name)
 
     def _amplitude_range_mv(self, card: DeviceCard) -> tuple[int, int]:
         if self.amplitude_aware:  # where both directions' response was measured
@@ -216,158 +131,14 @@ class BoardFirmware:
         high = max(vr.get("pos_end_v", 10.0), abs(vr.get("neg_end_v", -10.0)))
         return int(round(low * 1000)), int(round(high * 1000))
 
-    def _identify(self, r: p.Reader) -> bytes:
-        r.done()
-        pc = self.periphery
-        out = struct.pack("<BHHBBBBIIIB", p.PROTOCOL_VERSION, self.rows, self.cols, pc.dac_bits, pc.adc_bits,
-                          READ_BITS, ctl.N_COUNTERS, p.MAX_PAYLOAD, self.max_pulses, int(round(self.lease_s * 1000)),
-                          len(self.cards))
-        for width_ns, card in self.cards.items():
-            low, high = self._amplitude_range_mv(card)
-            out += struct.pack("<Ihh", width_ns, low, high)
-        out += struct.pack("<dd", self.read_offset_s, self.read_scale_s)
-        out += p.text(FIRMWARE + (" (ideal devices)" if self.ideal else "")
-                      + (" (amplitude-aware)" if self.amplitude_aware else "")) + p.text(self.device_id)
-        return out
 
-    def _configure(self, r: p.Reader) -> bytes:
-        width_ns, amplitude_mv = r.take("Ih")
-        r.done()
-        if width_ns not in self.cards:
-            raise CommandError(p.E_UNSUPPORTED, f"pulse width {width_ns} ns not supported (board has "
-                                                f"{', '.join(f'{w} ns' for w in self.cards)})")
-        low, high = self._amplitude_range_mv(self.cards[width_ns])
-        if not low <= abs(amplitude_mv) <= high:
-            raise CommandError(p.E_UNSUPPORTED, f"amplitude {amplitude_mv} mV outside {low}..{high} mV at "
-                                                f"{width_ns} ns")
-        self.configured = (width_ns, abs(amplitude_mv))
-        return struct.pack("<Ih", width_ns, abs(amplitude_mv))
-
-    def _pulse_tile(self) -> Tile:
-        if self.configured is None:
-            raise CommandError(p.E_NOT_CONFIGURED, "configure the pulse (width, amplitude) before pulsing")
-        return self.tiles[self.configured[0]]
-
-    def _selection(self, kind: int, row: int, col: int) -> tuple[slice, slice]:
-        if kind == p.SEL_DEVICE:
-            self._check_index(row, col)
-            return slice(row, row + 1), slice(col, col + 1)
-        if kind == p.SEL_ROW:
-            self._check_index(row, 0)
-            return slice(row, row + 1), slice(0, self.cols)
-        if kind == p.SEL_COLUMN:
-            self._check_index(0, col)
-            return slice(0, self.rows), slice(col, col + 1)
-        if kind == p.SEL_ALL:
-            return slice(0, self.rows), slice(0, self.cols)
-        raise CommandError(p.E_BAD_ARGUMENT, f"selection {kind} unknown (0 device, 1 row, 2 column, 3 all)")
-
-    def _check_index(self, row: int, col: int) -> None:
-        if not (0 <= row < self.rows and 0 <= col < self.cols):
-            raise CommandError(p.E_BAD_ARGUMENT, f"device ({row}, {col}) outside the {self.rows} x {self.cols} array")
-
-    def _region(self, r: p.Reader) -> tuple[slice, slice]:
-        row0, rows, col0, cols = r.take("HHHH")
-        if rows < 1 or cols < 1 or row0 + rows > self.rows or col0 + cols > self.cols:
-            raise CommandError(p.E_BAD_ARGUMENT, f"region rows {row0}+{rows}, cols {col0}+{cols} outside the "
-                                                 f"{self.rows} x {self.cols} array")
-        return slice(row0, row0 + rows), slice(col0, col0 + cols)
-
-    def _pulse(self, tile: Tile, rs: slice, cs: slice, counts: np.ndarray) -> int:
-        params = tile.params[rs, cs]
-        if self.amplitude_aware:  # the steps at the configured amplitude
-            response = self.cards[self.configured[0]].amplitude
-            volts = self.configured[1] / 1000.0
-            params = params.copy()
-            params[..., crossbar.P_SCALE_UP] *= response.factor(volts, "up")
-            params[..., crossbar.P_SCALE_DOWN] *= response.factor(volts, "down")
-        return int(ctl.apply_counts(tile.state[rs, cs], params, tile.table_up, tile.table_down,
-                                    tile.c2c_std, counts, tile.rng, tile.normal_table,
-                                    tile.device_pulses[:, rs, cs, :], tile.counters))
-
-    def _apply(self, r: p.Reader) -> bytes:
-        kind, row, col, polarity, count = r.take("BHHbH")
-        r.done()
-        if polarity not in (p.UP, p.DOWN):
-            raise CommandError(p.E_BAD_ARGUMENT, f"polarity {polarity}: expected +1 (up) or -1 (down)")
-        rs, cs = self._selection(kind, row, col)
-        devices = (rs.stop - rs.start) * (cs.stop - cs.start)
-        self._check_pulses(count * devices, f"{count} pulses x {devices} devices")
-        tile = self._pulse_tile()
-        counts = np.full((rs.stop - rs.start, cs.stop - cs.start), polarity * count, np.int32)
-        return struct.pack("<I", self._pulse(tile, rs, cs, counts))
-
-    def _check_pulses(self, total: int, what: str) -> None:
-        """Refuse, before any device is touched, a command whose pulses exceed the board's per-command limit: it
-        would hold the board for minutes (and its count would not fit the u32 answer)."""
-        if total > self.max_pulses:
-            raise CommandError(p.E_BAD_ARGUMENT, f"{what} = {total} pulses exceed the board's limit of "
-                                                 f"{self.max_pulses} per command: split it")
-
-    def _read(self, r: p.Reader) -> bytes:
-        kind, row, col = r.take("BHH")
-        r.done()
-        rs, cs = self._selection(kind, row, col)
-        w = self.main.state[rs, cs]
-        codes = np.clip(np.round(w / self.w_per_code), -32768, 32767).astype("<i2").ravel()
-        if len(codes) * 2 + 32 > p.MAX_PAYLOAD:
-            raise CommandError(p.E_BAD_ARGUMENT, f"{len(codes)} devices do not fit one frame: read by rows")
-        self.main.counters[ctl.C_DEVICE_READS] += len(codes)
-        return struct.pack("<ddH", self.read_offset_s, self.read_scale_s, len(codes)) + codes.tobytes()
-
-    def _mvm(self, r: p.Reader, transpose: bool) -> bytes:
-        rs, cs = self._region(r)
-        nr, nc = rs.stop - rs.start, cs.stop - cs.start
-        n_in, n_out = (nr, nc) if transpose else (nc, nr)
-        codes_in = r.array("<i2", n_in)
-        r.done()
-        dac_max = (1 << (self.periphery.dac_bits - 1)) - 1
-        if np.abs(codes_in.astype(np.int64)).max(initial=0) > dac_max:
-            raise CommandError(p.E_BAD_ARGUMENT, f"input codes exceed the {self.periphery.dac_bits}-bit DAC "
-                                                 f"(|code| <= {dac_max})")
-        vec = codes_in.astype(np.float64) * (self.periphery.inp_bound / dac_max)
-        out = np.zeros(n_out, np.int32)
-        m = self.main
-        scale = ctl.mvm(m.state[rs, cs], self.ref_zero[rs, cs], False, vec, transpose,
-                        *self.periphery.kernel_args(), m.rng, m.normal_table, out, m.counters)
-        return struct.pack("<dH", scale, n_out) + out.astype("<i2").tobytes()
-
-    def _forward(self, r: p.Reader) -> bytes:
-        return self._mvm(r, False)
-
-    def _backward(self, r: p.Reader) -> bytes:
-        return self._mvm(r, True)
-
-    def _update(self, r: p.Reader) -> bytes:
-        rs, cs = self._region(r)
-        counts = r.array("i1", (rs.stop - rs.start) * (cs.stop - cs.start))
-        r.done()
-        self._check_pulses(int(np.abs(counts.astype(np.int64)).sum()), "update")
-        tile = self._pulse_tile()
-        counts = counts.astype(np.int32).reshape(rs.stop - rs.start, cs.stop - cs.start)
-        return struct.pack("<I", self._pulse(tile, rs, cs, counts))
-
-    def _read_counters(self, r: p.Reader) -> bytes:
-        r.done()
-        return struct.pack("<B", ctl.N_COUNTERS) + self.main.counters.astype("<i8").tobytes()
-
-    def _reset_counters(self, r: p.Reader) -> bytes:
-        r.done()
-        self.main.counters[:] = 0
-        self.main.device_pulses[:] = 0
-        return b""
-
-    def _close(self, r: p.Reader) -> bytes:
-        r.done()  # the release itself happens in handle(), once the answer is cached
-        return b""
-
-
-def warm_up(card: DeviceCard, amplitude_aware: bool = False) -> None:
+def warm_up(card: DeviceCard, amplitude_aware: bool = False, firmware: str | None = None) -> None:
     """Run every kernel once on a scratch 2 x 2 board, so numba compiles (or loads from its cache) before the board
-    answers its first host: a real board is ready when it enumerates, not seconds into its first command."""
-    fw = BoardFirmware([card], 2, 2, amplitude_aware=amplitude_aware)
+    answers its first host (and the C firmware is built): a real board is ready when it enumerates, not seconds into
+    its first command."""
+    board = BoardFirmware([card], 2, 2, amplitude_aware=amplitude_aware, firmware=firmware)
     width_ns = int(round(card.pulse_width_s * 1e9))
-    low, high = fw._amplitude_range_mv(card)
+    low, high = board.amplitude_range_mv(width_ns)
     region = p.REGION.pack(0, 2, 0, 2)
     for k, (command, body) in enumerate([
             (p.CONFIGURE_PULSE, struct.pack("<Ih", width_ns, high)),
@@ -376,7 +147,7 @@ def warm_up(card: DeviceCard, amplitude_aware: bool = False) -> None:
             (p.FORWARD, region + struct.pack("<2h", 10, -10)),
             (p.BACKWARD, region + struct.pack("<2h", 10, -10)),
             (p.READ, struct.pack("<BHH", p.SEL_ALL, 0, 0))]):
-        fw.handle(p.Message(p.PROTOCOL_VERSION, k + 1, command, 0, body).pack())
+        board.handle(p.Message(p.PROTOCOL_VERSION, k + 1, command, 0, body).pack())
 
 
 # ---------------------------------------------------------------------------------------------------- the cable
