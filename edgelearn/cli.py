@@ -561,6 +561,8 @@ def _front_end_text(norm) -> str:
 
 
 def cmd_board_emulator(args) -> int:
+    from firmware_model.cbuild import BuildError
+
     from .hil.emulator import BoardEmulator, BoardFirmware, Faults, warm_up
 
     from .devices import load_card
@@ -578,15 +580,17 @@ def cmd_board_emulator(args) -> int:
                         spike_ms=args.fault_spike_ms, spike_rate=args.fault_spike_rate,
                         first_delay_ms=args.fault_first_delay_ms)
         firmware = BoardFirmware(cards, args.rows, args.cols, seed=args.seed, ideal=args.ideal, lease_s=args.lease_s,
-                                 amplitude_aware=args.amplitude_aware)
+                                 amplitude_aware=args.amplitude_aware, firmware=args.firmware)
     except ValueError as exc:
         raise EdgelearnError(str(exc).replace("fault ", "--fault-").replace("_", "-")) from None
+    except BuildError as exc:
+        raise EdgelearnError(f"--firmware c: {exc}") from None
     try:
         emulator = BoardEmulator(firmware, faults, transport="tcp" if args.tcp is not None else "pty",
                                  port=args.tcp or 0, idle_timeout_s=args.idle_timeout_s)
     except OSError as exc:
         raise EdgelearnError(f"cannot open the emulator's port ({exc.strerror or exc})") from None
-    warm_up(cards[0], args.amplitude_aware)  # compile the kernels before the first host arrives, as a board boots before it enumerates
+    warm_up(cards[0], args.amplitude_aware, args.firmware)  # compile the kernels before the first host arrives, as a board boots before it enumerates
     print(emulator.url, flush=True)
     print(f"# {cards[0].device_id} {args.rows} x {args.cols}, widths "
           f"{', '.join(f'{w} ns' for w in firmware.cards)}, seed {args.seed}"
@@ -604,6 +608,48 @@ def _board(args):
     from .hil import SerialBoard
 
     return SerialBoard(args.port, timeout=args.timeout, retries=args.retries)
+
+
+def firmware_table(result: dict) -> str:
+    """The markdown table of `edgelearn firmware measure`: sizes, then instructions and estimated cycles per
+    operation."""
+    z = result["sizes"]
+    lines = [f"{result['cpu']} ({result['cpu_note']}); {result['compiler']}, `{' '.join(result['flags'])}`; sources "
+             f"{result['source_hash']}.", "",
+             "| section | bytes |", "|---|---|"]
+    lines += [f"| {k} | {v:,} |" for k, v in z.items()]
+    lines += ["", "| operation | unit | instructions | cycles (estimate) | fixed overhead (instructions) | what |",
+              "|---|---|---|---|---|---|"]
+    for name, op in result["operations"].items():
+        if "instructions" not in op:
+            continue
+        lines.append(f"| {name} | {op.get('unit', '')} | {op['instructions']:,.1f} | {op['cycles']:,.1f} | "
+                     f"{op.get('overhead_instructions', 0):,.0f} | {op.get('note', '').replace('|', chr(92) + '|')} |")
+    lines += ["", result["method"]]
+    return "\n".join(lines)
+
+
+def cmd_firmware_measure(args) -> int:
+    from firmware_model.measure import measure
+
+    try:
+        result = measure(args.cpu)
+    except (ImportError, RuntimeError, OSError) as exc:
+        raise EdgelearnError(f"firmware measure: {str(exc).splitlines()[0]} (pip install \".[firmware]\")") from None
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(firmware_table(result))
+    if args.doc:
+        doc = Path(args.doc)
+        text = doc.read_text(encoding="utf-8")
+        start, end = f"<!-- firmware-{args.cpu}:start -->", f"<!-- firmware-{args.cpu}:end -->"
+        if start not in text or end not in text:
+            raise EdgelearnError(f"--doc {doc}: the markers {start} / {end} are missing")
+        head, _, rest = text.partition(start)
+        doc.write_text(f"{head}{start}\n{firmware_table(result)}\n{end}{rest.partition(end)[2]}", encoding="utf-8")
+        print(f"wrote {doc}", file=sys.stderr)
+    return 0
 
 
 def cmd_hil_identify(args) -> int:
@@ -980,6 +1026,8 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--seed", type=int, default=0)
     emu.add_argument("--ideal", action="store_true", help="nominal devices: no device-to-device variation, no "
                      "cycle-to-cycle or read-out noise")
+    emu.add_argument("--firmware", choices=["python", "c"], help="the board's firmware: the Python interpreter or the "
+                     "portable C firmware built for this host (default: $EDGELEARN_BOARD_FIRMWARE, else python)")
     emu.add_argument("--amplitude-aware", action="store_true", help="the configured pulse amplitude scales the steps "
                      "by each card's amplitude response (cards fitted from amplitude staircases); default: every "
                      "amplitude gives the card's amplitude-blind steps")
@@ -998,6 +1046,15 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--idle-timeout-s", type=float, default=60.0, help="TCP: close a connection idle this long "
                      "(default 60)")
     emu.set_defaults(func=cmd_board_emulator)
+
+    fwp = top.add_parser("firmware", help="the C firmware: cross-compile and measure it on a Cortex-M core")
+    fws = fwp.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    fwm = fws.add_parser("measure", help="code and RAM sizes, instructions and estimated cycles per operation, "
+                         "executed in the unicorn CPU emulator (needs pip install \".[firmware]\")")
+    fwm.add_argument("--cpu", default="cortex-m4", choices=["cortex-m4", "cortex-m33"])
+    fwm.add_argument("--json", action="store_true", help="the whole result as JSON")
+    fwm.add_argument("--doc", help="also rewrite the firmware-CPU block of this markdown file (docs/firmware.md)")
+    fwm.set_defaults(func=cmd_firmware_measure)
 
     hil = top.add_parser("hil", help="drive a test board (or the board emulator) over a serial link")
     hs = hil.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")

@@ -25,7 +25,8 @@ from hil_fakes import ScriptedPort
 
 CARD = "ID170ZR5000-20ns"
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(not hasattr(os, "openpty"), reason="the board emulator needs a pseudo-terminal")
+pytestmark = [pytest.mark.skipif(not hasattr(os, "openpty"), reason="the board emulator needs a pseudo-terminal"),
+              pytest.mark.usefixtures("board_firmware")]  # every test against the Python and the C firmware
 
 
 @pytest.fixture(scope="module")
