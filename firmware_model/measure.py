@@ -161,8 +161,8 @@ def prototypes() -> dict[str, tuple[str, tuple[str, ...]]]:
         text = _strip_c((C_DIR / header).read_text())
         for chunk in re.findall(r"[^;{}]*[;{}]", text):
             match = re.fullmatch(r"\s*([A-Za-z_][\w \t\n*]*?)\b(el_\w+)\s*\(([^()]*)\)\s*;", chunk)
-            if match is None or "typedef" in chunk:
-                continue
+            if match is None or "typedef" in chunk or match.group(1).split()[0] == "return":
+                continue  # not a declaration (a statement of an inline helper's body)
             ret, name, args = match.groups()
             arg_kinds = tuple(_kind(a) for a in args.split(",") if a.strip() not in ("", "void"))
             out[name] = (_kind(ret + " x"), arg_kinds)

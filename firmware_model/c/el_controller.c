@@ -99,7 +99,7 @@ double el_mvm(const double *state, const double *ref_state, int64_t rows, int64_
         bool exceeded = false;
         if (out_noise > 0.0) {
             for (int64_t k = 0; k < n_out; k++) {
-                y[k] += out_noise * el_rng_normal(rng, normal_table);
+                y[k] += out_noise * el_rng_normal_inline(rng, normal_table);
             }
             count(counters, EL_C_RNG_DRAWS, n_out);
         }
@@ -144,7 +144,7 @@ void el_train_bits(const double *values, int64_t n, double prob_scale, int64_t b
         uint64_t threshold = (uint64_t)(4294967296.0 * el_fmin(p, 1.0));
         uint64_t word = 0; /* numba widens the uint32 word to uint64; the store keeps the low 32 bits */
         for (int64_t k = 0; k < bl; k++) {
-            if (el_rng_u32(rng) < threshold) {
+            if (el_rng_u32_inline(rng) < threshold) {
                 word |= (uint64_t)1 << (uint64_t)k;
             }
         }
@@ -198,7 +198,7 @@ int64_t el_coincidence_pulses(double *state, const double *params, int64_t rows,
                 double w_max = p[EL_P_W_MAX];
                 double inv_span = p[EL_P_INV_SPAN];
                 for (int64_t k = 0; k < n; k++) {
-                    double noise = c2c_std > 0.0 ? c2c_std * el_rng_normal(rng, normal_table) : 0.0;
+                    double noise = c2c_std > 0.0 ? c2c_std * el_rng_normal_inline(rng, normal_table) : 0.0;
                     w = el_step_state(w, polarity, table_up, n_up, table_down, n_down, scale_up, scale_down, w_min,
                                       w_max, inv_span, noise);
                 }
@@ -358,7 +358,7 @@ static inline void fire_cell(int64_t c, int64_t eps_up, int64_t eps_down, int64_
         return;
     }
     int64_t eps = c > 0 ? eps_up : eps_down;
-    int64_t n = el_div_trunc(c, eps);
+    int64_t n = el_div_trunc_inline(c, eps);
     if (max_pulses > 0) {
         n = el_imin(el_imax(n, -max_pulses), max_pulses);
     }
@@ -389,8 +389,8 @@ int64_t el_mp_update(double *state, const double *params, int64_t rows, int64_t 
         int64_t m = row_mult[i];
         for (int64_t j = 0; j < cols; j++) {
             size_t cell = (size_t)(i * cols + j);
-            int64_t acc = el_add64((int64_t)chi[cell], el_shift_round(el_mul64(m, (int64_t)x_q[j]), 15));
-            int64_t c = el_sat_i32(acc);
+            int64_t acc = el_add64((int64_t)chi[cell], el_shift_round_inline(el_mul64(m, (int64_t)x_q[j]), 15));
+            int64_t c = el_sat_i32_inline(acc);
             fire_cell(c, eps_up, eps_down, max_pulses, chi + cell, state, params, rows, cols, i, j, table_up, n_up,
                       table_down, n_down, c2c_std, rng, normal_table, device_pulses, &total, &net_up);
         }
@@ -416,7 +416,7 @@ int64_t el_mp_update_dense(double *state, const double *params, int64_t rows, in
         for (int64_t j = 0; j < cols; j++) {
             size_t cell = (size_t)(i * cols + j);
             double v = el_fmin(el_fmax(el_round_half_away(scale * gradient[cell]), -2147483648.0), 2147483647.0);
-            int64_t c = el_sat_i32(el_add64((int64_t)chi[cell], (int64_t)v));
+            int64_t c = el_sat_i32_inline(el_add64((int64_t)chi[cell], (int64_t)v));
             fire_cell(c, eps_up, eps_down, max_pulses, chi + cell, state, params, rows, cols, i, j, table_up, n_up,
                       table_down, n_down, c2c_std, rng, normal_table, device_pulses, &total, &net_up);
         }

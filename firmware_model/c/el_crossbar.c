@@ -53,7 +53,7 @@ void el_pulse_device(double *state, const double *params, int64_t rows, int64_t 
     double inv_span = p[EL_P_INV_SPAN];
     if (c2c_std > 0.0) {
         for (int64_t k = 0; k < n; k++) {
-            double noise = c2c_std * el_rng_normal(rng, normal_table);
+            double noise = c2c_std * el_rng_normal_inline(rng, normal_table);
             w = el_step_state(w, polarity, table_up, n_up, table_down, n_down, scale_up, scale_down, w_min, w_max,
                               inv_span, noise);
         }

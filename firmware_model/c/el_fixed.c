@@ -1,49 +1,15 @@
 /* Port of firmware_model/fixed.py: C-semantics integer helpers and the xorshift64* generator. */
 #include "el_kernels.h"
 
-#define EL_M64 UINT64_C(0x2545F4914F6CDD1D)
 #define EL_TWO52 4503599627370496.0
 
-int32_t el_wrap_i32(int64_t value) {
-    int64_t v = value & INT64_C(0xFFFFFFFF);
-    if (v >= INT64_C(0x80000000)) {
-        v -= INT64_C(0x100000000);
-    }
-    return (int32_t)v;
-}
+int32_t el_wrap_i32(int64_t value) { return el_wrap_i32_inline(value); }
 
-int32_t el_sat_i32(int64_t value) {
-    if (value > EL_INT32_MAX) {
-        return EL_INT32_MAX;
-    }
-    if (value < EL_INT32_MIN) {
-        return EL_INT32_MIN;
-    }
-    return (int32_t)value;
-}
+int32_t el_sat_i32(int64_t value) { return el_sat_i32_inline(value); }
 
-int64_t el_div_trunc(int64_t a, int64_t b) {
-    /* q = abs(a) // abs(b): both non-negative, so floor and C truncation agree (|a|, |b| < 2**63) */
-    uint64_t ua = a < 0 ? (uint64_t)0 - (uint64_t)a : (uint64_t)a;
-    uint64_t ub = b < 0 ? (uint64_t)0 - (uint64_t)b : (uint64_t)b;
-    int64_t q = el_u2i64(ua / ub);
-    if ((a < 0) != (b < 0)) {
-        return el_sub64(0, q);
-    }
-    return q;
-}
+int64_t el_div_trunc(int64_t a, int64_t b) { return el_div_trunc_inline(a, b); }
 
-int64_t el_shift_round(int64_t value, int64_t shift) {
-    if (shift == 0) {
-        return value;
-    }
-    uint64_t v = (uint64_t)value;
-    uint64_t half = (uint64_t)1 << (uint64_t)(shift - 1);
-    uint64_t sign = (uint64_t)0 - (v >> 63); /* 0 or all ones: value >> 63 */
-    uint64_t magnitude = (v ^ sign) - sign;
-    uint64_t rounded = (magnitude + half) >> (uint64_t)shift; /* magnitude + half < 2**63: a logical shift is exact */
-    return el_u2i64((rounded ^ sign) - sign);
-}
+int64_t el_shift_round(int64_t value, int64_t shift) { return el_shift_round_inline(value, shift); }
 
 uint64_t el_xorshift_advance(uint64_t x) {
     x ^= x >> 12;
@@ -52,19 +18,11 @@ uint64_t el_xorshift_advance(uint64_t x) {
     return x;
 }
 
-uint64_t el_rng_next(uint64_t *state) {
-    uint64_t x = el_xorshift_advance(state[0]);
-    state[0] = x;
-    return x * EL_M64;
-}
+uint64_t el_rng_next(uint64_t *state) { return el_rng_next_inline(state); }
 
-uint64_t el_rng_u32(uint64_t *state) {
-    return el_rng_next(state) >> 32;
-}
+uint64_t el_rng_u32(uint64_t *state) { return el_rng_u32_inline(state); }
 
-double el_rng_normal(uint64_t *state, const double *normal_table) {
-    return normal_table[el_rng_next(state) >> (64 - EL_NORMAL_TABLE_BITS)];
-}
+double el_rng_normal(uint64_t *state, const double *normal_table) { return el_rng_normal_inline(state, normal_table); }
 
 int64_t el_popcount32(uint64_t value) {
     return (int64_t)__builtin_popcount((unsigned int)(uint32_t)value);

@@ -51,14 +51,14 @@ int64_t el_window_features(const int16_t *codes, int64_t n, int64_t channels, in
                 low = el_imin(low, v);
                 high = el_imax(high, v);
             }
-            int64_t variance = el_div_trunc(el_sub64(el_mul64(length64, squares), el_mul64(total, total)),
+            int64_t variance = el_div_trunc_inline(el_sub64(el_mul64(length64, squares), el_mul64(total, total)),
                                             el_mul64(length64, length64));
             int64_t base = c * EL_N_FEATURES;
-            row[base + 0] = el_i32_of(el_div_trunc(total, length64));
+            row[base + 0] = el_i32_of(el_div_trunc_inline(total, length64));
             row[base + 1] = el_i32_of(el_isqrt64(variance));
             row[base + 2] = el_i32_of(low);
             row[base + 3] = el_i32_of(high);
-            row[base + 4] = el_i32_of(el_div_trunc(magnitude, length64));
+            row[base + 4] = el_i32_of(el_div_trunc_inline(magnitude, length64));
         }
     }
     return windows;
