@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import math
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -640,6 +641,17 @@ def cmd_firmware_measure(args) -> int:
         print(json.dumps(result, indent=2, default=str))
     else:
         print(firmware_table(result))
+    if args.profile_out:
+        from .profiles import load_profile, measured_cycles, profile_with_cycles
+        from .traces import write_atomically
+
+        text = profile_with_cycles(args.profile or "m4f-lowpower", measured_cycles(result))
+        name = Path(args.profile_out).stem
+        text = re.sub(r'(?m)^name = ".*"$', f'name = "{name}"', text, count=1)
+        write_atomically(args.profile_out, text)
+        load_profile(args.profile_out)  # it reads back
+        print(f"wrote {args.profile_out}: profile {args.profile or 'm4f-lowpower'} with measured cycles "
+              f"(edgelearn budget --profile {args.profile_out})", file=sys.stderr)
     if args.doc:
         doc = Path(args.doc)
         text = doc.read_text(encoding="utf-8")
@@ -1054,6 +1066,10 @@ def build_parser() -> argparse.ArgumentParser:
     fwm.add_argument("--cpu", default="cortex-m4", choices=["cortex-m4", "cortex-m33"])
     fwm.add_argument("--json", action="store_true", help="the whole result as JSON")
     fwm.add_argument("--doc", help="also rewrite the firmware-CPU block of this markdown file (docs/firmware.md)")
+    fwm.add_argument("--profile-out", metavar="FILE.toml", help="write a hardware profile whose [cycles] table holds "
+                     "the measured figures (the budget's controller cycles)")
+    fwm.add_argument("--profile", metavar="NAME|FILE", help="the profile --profile-out starts from (default "
+                     "m4f-lowpower)")
     fwm.set_defaults(func=cmd_firmware_measure)
 
     hil = top.add_parser("hil", help="drive a test board (or the board emulator) over a serial link")

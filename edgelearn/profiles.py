@@ -116,3 +116,45 @@ def load_profile(path_or_name: str | Path | None = None) -> HardwareProfile:
         return HardwareProfile.model_validate(data)
     except ValidationError as exc:
         raise validation_error(path, exc, "profile") from None
+
+
+# CycleTable fields the firmware measurement gives (edgelearn firmware measure), from firmware_model.measure's
+# operations; the others (mac, pulse, device_read, update_call, wake, sample_read) are the platform's or the HAL's and
+# keep their estimate.
+MEASURED_CYCLES = {"dac_code": "mvm_per_input", "adc_code": "mvm_per_output", "chi_update": "mp_update_chi_per_cell",
+                   "rng_draw": "rng_u32_call", "feature_sample": "window_features_per_sample",
+                   "normalise_feature": "normalise_per_feature", "frame_byte": "encode_frame_per_byte"}
+
+
+def measured_cycles(result: dict) -> dict:
+    """CycleTable values from a firmware measurement (firmware_model.measure.measure): the measured operations, the
+    MVM pass's fixed part (a forward call's own cycles less its DAC and ADC codes) and the per-channel window
+    arithmetic, with a `source` naming what was measured and what kept its estimate."""
+    ops = result["operations"]
+    out = {field: round(float(ops[name]["cycles"]), 1) for field, name in MEASURED_CYCLES.items()}
+    shape = next(k for k in ops["mvm_whole_call"] if k.startswith("shape_"))
+    rows, cols = (int(v) for v in shape[len("shape_"):].split("x"))
+    own = ops["mvm_whole_call"][shape]["own_cycles"]
+    out["mvm_pass"] = round(max(0.0, own - cols * out["dac_code"] - rows * out["adc_code"]), 1)
+    out["feature_channel"] = round(float(ops["window_features_per_window"]["excluding_samples_cycles"]), 1)
+    estimate = [f for f in CycleTable.model_fields if f not in out and f != "source"]
+    out["source"] = (f"measured: edgelearn firmware measure, {result['cpu']}, {result['compiler']}, sources "
+                     f"{result['source_hash']} (cycles estimated from exact instruction counts); estimate kept for "
+                     f"{', '.join(estimate)}")
+    CycleTable.model_validate(out)  # every value in range
+    return out
+
+
+def profile_with_cycles(path_or_name: str | Path, cycles: dict) -> str:
+    """The TOML text of a profile (file or bundled name) with its [cycles] table replaced by `cycles`."""
+    import re
+
+    path = Path(path_or_name)
+    if not path.exists():
+        load_profile(path_or_name)  # the one-line error for an unknown name
+        path = bundled_profiles()[str(path_or_name)]
+    text = path.read_text(encoding="utf-8")
+    text = re.sub(r"(?ms)^\[cycles\]\n.*?(?=^\[|\Z)", "", text).rstrip() + "\n\n[cycles]\n"
+    for key, value in cycles.items():
+        text += f"{key} = {value!r}\n" if isinstance(value, float) else f'{key} = "{value}"\n'
+    return text
