@@ -62,3 +62,22 @@ def test_cli_board_emulator_firmware_c_serves_hil_characterize(tmp_path):
         rows[firmware] = load_trace(out)
     np.testing.assert_array_equal(rows["c"].conductance_s, rows["python"].conductance_s)
     assert "C firmware" in rows["c"].meta.source and "C firmware" not in rows["python"].meta.source
+
+
+def test_hil_train_on_the_c_firmware_is_the_python_firmwares_run():
+    """A whole `hil train` run (write-verify programming, forward and backward passes through the board's converters,
+    pulse-count updates) on the C firmware: the same accuracies, counters and write-verify misses as on the Python
+    one, exactly."""
+    pytest.importorskip("sktime", reason="BasicMotions ships inside sktime (a core dependency)")
+    from edgelearn.hil import train_on_board
+
+    card = load_card(CARD)
+    results = {}
+    for firmware in ("python", "c"):
+        with BoardEmulator(BoardFirmware([card], 8, 32, seed=1, firmware=firmware)) as emu:
+            with SerialBoard(emu.url) as board:
+                results[firmware] = train_on_board(board, card, epochs=1, lr=0.5, batch=8, seed=0)
+    py, c = results["python"], results["c"]
+    assert c.train_accuracy == py.train_accuracy and c.test_accuracy_board == py.test_accuracy_board
+    assert c.board_counters == py.board_counters and c.program_misses == py.program_misses
+    assert py.board_counters["pulses_up"] + py.board_counters["pulses_down"] > 100  # 472 measured
