@@ -1085,8 +1085,9 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--pulses", type=int, help="pulses per train (default 200)")
     ch.add_argument("--cycles", type=int, help="down-then-up cycles (default 2)")
     ch.add_argument("--amplitude", type=float, help="pulse amplitude in volts (default: the top of the board's range)")
-    ch.add_argument("--staircase", metavar="LOW:HIGH", help="ramp the amplitude from LOW to HIGH volts over every "
-                    "train, as the LBE247 measurements (the fit then finds the card's amplitude response)")
+    ch.add_argument("--staircase", metavar="LOW:HIGH", help="ramp the amplitude between LOW and HIGH volts over "
+                    "every train, rising in odd cycles and falling in even ones, so that the fit can separate the "
+                    "amplitude from the state dependence (use --cycles 2 or more)")
     ch.add_argument("--row", type=int, help="device row (default 0)")
     ch.add_argument("--col", type=int, help="device column (default 0)")
     ch.add_argument("-o", "--output", required=True, help="trace CSV to write; while it runs, every measured pulse is "

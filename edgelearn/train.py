@@ -159,7 +159,7 @@ def card_checks(card, pulses: PulseConfig | None = None) -> dict:
                   granularity=model.granularity, symmetry_point=sym, symmetry_point_simulated=sym_sim,
                   response_nrmse=card.amplitude.nrmse,
                   response_out_of_sample_nrmse=(card.amplitude.out_of_sample or {}).get("out_of_sample_nrmse"))
-    return dict(amplitude=at,symmetry_point=f.symmetry_point, symmetry_point_simulated=f.symmetry_point_simulated,
+    return dict(amplitude=at, symmetry_point=f.symmetry_point, symmetry_point_simulated=f.symmetry_point_simulated,
                 symmetry_interval={k: f.symmetry_interval[k] for k in ("median", "low", "high", "level", "resamples")}
                 if f.symmetry_interval else None,
                 stable_points=[dict(w=p["w"], basin_fraction=p["basin_fraction"]) for p in f.stable_points]

@@ -126,8 +126,9 @@ def characterize(board: SerialBoard, width_ns: int, pulses: int = 200, cycles: i
                  journal: str | Path | None = None, staircase_v: tuple[float, float] | None = None) -> Trace:
     """The measurement protocol: `cycles` times a train of `pulses` down pulses then `pulses` up pulses on device
     (row, col), reading the conductance after every pulse. Returns a trace in our format (fit it with
-    `edgelearn device fit`). `staircase_v` (low, high): every train ramps the amplitude from low to high (rounded to
-    mV, re-configured whenever it changes) instead of one `amplitude_v`, so the fit can find the amplitude response.
+    `edgelearn device fit`). `staircase_v` (low, high): every train ramps the amplitude between low and high, rising in
+    odd cycles and falling in even ones (rounded to mV, re-configured whenever it changes; `_amplitudes_mv`), instead
+    of one `amplitude_v`, so the fit can find, and identify, the amplitude response.
 
     With `journal` (a path), every measured pulse is appended to that file as it is measured (a trace CSV of the
     prefix), so an interrupted run loses nothing and `resume_characterization(board, journal)` continues it."""
