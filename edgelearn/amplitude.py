@@ -77,9 +77,9 @@ def replay_scaled_reference(w_start, polarities, multipliers, restart, restart_w
         else:
             m = float(multipliers[k])
             if polarities[k] > 0:
-                w = w - m * interp(table_down, w) * (1.0 + 0.0)
+                w = w - m * interp(table_down, w)
             else:
-                w = w + m * interp(table_up, w) * (1.0 + 0.0)
+                w = w + m * interp(table_up, w)
             w = min(max(w, w_min), w_max)
         out.append(w)
     return np.array(out)

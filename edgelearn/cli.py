@@ -653,13 +653,11 @@ def cmd_firmware_measure(args) -> int:
         print(f"wrote {args.profile_out}: profile {args.profile or 'm4f-lowpower'} with measured cycles "
               f"(edgelearn budget --profile {args.profile_out})", file=sys.stderr)
     if args.doc:
+        from .report import replace_marked_block
+
         doc = Path(args.doc)
-        text = doc.read_text(encoding="utf-8")
-        start, end = f"<!-- firmware-{args.cpu}:start -->", f"<!-- firmware-{args.cpu}:end -->"
-        if start not in text or end not in text:
-            raise EdgelearnError(f"--doc {doc}: the markers {start} / {end} are missing")
-        head, _, rest = text.partition(start)
-        doc.write_text(f"{head}{start}\n{firmware_table(result)}\n{end}{rest.partition(end)[2]}", encoding="utf-8")
+        doc.write_text(replace_marked_block(doc.read_text(encoding="utf-8"), f"firmware-{args.cpu}",
+                                            firmware_table(result), f"--doc {doc}"), encoding="utf-8")
         print(f"wrote {doc}", file=sys.stderr)
     return 0
 

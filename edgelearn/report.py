@@ -1,10 +1,22 @@
-"""Plots for users (matplotlib is an optional extra: pip install 'edgelearn[plot]')."""
+"""Plots for users (matplotlib is an optional extra: pip install 'edgelearn[plot]') and the marked blocks of the docs' generated
+tables."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .errors import EdgelearnError
+
+
+def replace_marked_block(text: str, name: str, block: str, where: str = "document") -> str:
+    """`text` with what stands between `<!-- NAME:start -->` and `<!-- NAME:end -->` replaced by `block` (on lines of
+    its own): how the tools and `firmware measure --doc` regenerate the tables in docs/. One-line error naming
+    `where` when the markers are missing."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in text or end not in text:
+        raise EdgelearnError(f"{where}: the markers {start} / {end} are missing")
+    head, _, rest = text.partition(start)
+    return f"{head}{start}\n{block}\n{end}{rest.partition(end)[2]}"
 
 
 def _pyplot():

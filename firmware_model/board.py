@@ -90,21 +90,21 @@ class EmulatedCrossbar:
         self.counters = np.zeros(ctl.N_COUNTERS, np.int64)
         self.device_pulses = np.zeros((2, self.rows, self.cols, 2), np.int32)
         self.ref_zero = np.zeros_like(state)
-        self._scaled: dict[tuple[int, int], np.ndarray] = {}  # (width, amplitude) -> params at that amplitude
+        self._scaled: tuple | None = None  # ((width, amplitude), params at that amplitude): the last one used
 
     def pulse(self, width_ns: int, amplitude_mv: int, rs: slice, cs: slice, counts: np.ndarray) -> int:
         """Apply signed pulse counts (> 0 up, < 0 down) to a region, device by device in row-major order."""
         w = self.widths[width_ns]
         params = w.params
-        if w.amplitude_response is not None:
+        if w.amplitude_response is not None:  # one amplitude at a time is what a staircase needs
             key = (width_ns, amplitude_mv)
-            if key not in self._scaled:
+            if self._scaled is None or self._scaled[0] != key:
                 up, down = w.factors(amplitude_mv)
                 scaled = params.copy()
                 scaled[..., crossbar.P_SCALE_UP] *= up
                 scaled[..., crossbar.P_SCALE_DOWN] *= down
-                self._scaled = {key: scaled}  # one amplitude at a time is what a staircase needs
-            params = self._scaled[key]
+                self._scaled = (key, scaled)
+            params = self._scaled[1]
         return int(ctl.apply_counts(self.state[rs, cs], params[rs, cs], w.table_up, w.table_down, w.c2c_std, counts,
                                     self.rng, self.normal_table, self.device_pulses[:, rs, cs, :], self.counters))
 

@@ -17,10 +17,9 @@ import pytest
 from firmware_model import cfirmware as cf
 from firmware_model import controller as ctl
 from firmware_model import crossbar, fixed, frontend
+from test_kernels_reference import INT32_MAX, INT32_MIN, INT64_MAX, INT_EDGES, random_ints
 
 NORMAL_TABLE = fixed.normal_table()
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -115,19 +114,6 @@ def with_zeros(rng, v, fraction=0.25):
 
 
 SHAPES = [(1, 1), (3, 5), (4, 7), (6, 4), (5, 9), (2, 70), (3, 130)]  # > 64 columns: several coincidence blocks
-
-INT_EDGES = [0, 1, -1, 2, -2, 3, -3, INT32_MAX, INT32_MIN, INT32_MAX - 1, INT32_MIN + 1, INT32_MAX + 1,
-             INT32_MIN - 1, 2**32, -(2**32), 2**32 - 1, 2**32 + 1, 2**40 + 12345, -(2**40) - 12345, 2**62, -(2**62),
-             INT64_MAX, INT64_MIN + 1]
-
-
-def random_ints(rng, n):
-    out = list(rng.integers(INT32_MIN, INT32_MAX, n, endpoint=True, dtype=np.int64))
-    out += list(rng.integers(-(2**34), 2**34, n, dtype=np.int64))
-    out += list(rng.integers(-1000, 1000, n, dtype=np.int64))
-    out += list(rng.integers(INT64_MIN // 2, INT64_MAX // 2, n, dtype=np.int64))
-    return [int(v) for v in out]
-
 
 # ------------------------------------------------------------------------------------------------------------------
 # fixed

@@ -58,3 +58,13 @@ def test_cli_firmware_measure_writes_the_profile_and_the_table(tmp_path):
     profile = load_profile(out)
     assert profile.name == "m4f-measured" and profile.cycles.source.startswith("measured: edgelearn firmware measure")
     assert 20 <= profile.cycles.chi_update <= 200 and profile.cycles.dac_code > profile.cycles.chi_update
+
+
+def test_a_marked_block_is_replaced_whole_and_missing_markers_are_one_line():
+    from edgelearn.errors import EdgelearnError
+    from edgelearn.report import replace_marked_block
+
+    text = "a\n<!-- t:start -->\nold\nlines\n<!-- t:end -->\nb\n"
+    assert replace_marked_block(text, "t", "new") == "a\n<!-- t:start -->\nnew\n<!-- t:end -->\nb\n"
+    with pytest.raises(EdgelearnError, match=r"^docs/x.md: the markers <!-- u:start --> / <!-- u:end --> are missing$"):
+        replace_marked_block(text, "u", "new", "docs/x.md")

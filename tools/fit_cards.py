@@ -22,6 +22,7 @@ from pathlib import Path
 
 from edgelearn.devices import DEFAULT_NODES, card_warnings, validate_card, width_label
 from edgelearn.errors import EdgelearnWarning
+from edgelearn.report import replace_marked_block
 from edgelearn.traces import load_trace
 
 REPO = Path(__file__).resolve().parent.parent
@@ -188,12 +189,7 @@ def cross_run_table(cards, traces) -> str:
 
 
 def replace_block(text: str, name: str, block: str) -> str:
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    if start not in text:
-        raise SystemExit(f"docs/devices.md: the markers {start} / {end} are missing")
-    head, _, rest = text.partition(start)
-    _, _, tail = rest.partition(end)
-    return f"{head}{start}\n{block}\n{end}{tail}"
+    return replace_marked_block(text, name, block, "docs/devices.md")
 
 
 def main() -> int:

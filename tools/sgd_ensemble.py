@@ -28,6 +28,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from edgelearn.devices import bundled_cards, load_card, symmetry_points, width_label  # noqa: E402
+from edgelearn.errors import EdgelearnError  # noqa: E402
+from edgelearn.report import replace_marked_block  # noqa: E402
 from edgelearn.stability import bootstrap_cards  # noqa: E402
 from edgelearn.traces import load_trace  # noqa: E402
 
@@ -87,7 +89,7 @@ def main() -> int:
         rows.append(dict(card=card.card_id, sp=on_full, test=result["test_accuracy"],
                          pulses=result["counters"]["pulses_up"] + result["counters"]["pulses_down"]))
     acc = np.array([r["test"] for r in rows[1:]])
-    lines = [START, "", f"`python tools/sgd_ensemble.py --trace {args.trace} -n {args.n} --epochs {args.epochs}` "
+    lines = ["", f"`python tools/sgd_ensemble.py --trace {args.trace} -n {args.n} --epochs {args.epochs}` "
              f"({time.perf_counter() - t0:.0f} s with {args.jobs} jobs): plain SGD (lr 0.1, batch 64, lr halved every "
              "10 epochs, seed 0) on the bundled card and on each bootstrap card of the same trace (refits on random "
              "7 of 10 contiguous blocks). Symmetry points on the bundled card's w scale.", "",
@@ -97,17 +99,19 @@ def main() -> int:
     lines += ["", f"Over the {len(acc)} bootstrap cards: median test accuracy {np.median(acc):.3f}, 90 % range "
               f"[{np.quantile(acc, 0.05):.3f}, {np.quantile(acc, 0.95):.3f}] (min {acc.min():.3f}, max {acc.max():.3f}); "
               f"the bundled card: {rows[0]['test']:.3f}. Correlation of accuracy with the symmetry point: "
-              f"{np.corrcoef([r['sp'] for r in rows[1:]], acc)[0, 1]:+.2f}.", "", END]
+              f"{np.corrcoef([r['sp'] for r in rows[1:]], acc)[0, 1]:+.2f}.", ""]
     doc = REPO / "docs" / "results.md"
     text = doc.read_text()
     if START not in text and block != "sgd-ensemble":  # a new width: its block goes after the last ensemble block
-        last = max(i + len(":end -->") for i in [text.rfind(":end -->", 0, text.find("\nWhat it says"))] if i >= 0)
+        last = text.rfind(":end -->", 0, text.find("\nWhat it says")) + len(":end -->")
         text = text[:last] + f"\n\n{START}\n{END}" + text[last:]
-    if START not in text:
+    try:
+        text = replace_marked_block(text, block, "\n".join(lines), str(doc))
+    except EdgelearnError as exc:
         print("\n".join(lines))
-        print(f"{doc}: the markers are missing; printed instead", file=sys.stderr)
+        print(f"{exc}; printed instead", file=sys.stderr)
         return 2
-    doc.write_text(text[:text.index(START)] + "\n".join(lines) + text[text.index(END) + len(END):])
+    doc.write_text(text)
     print(f"wrote {doc}")
     return 0
 

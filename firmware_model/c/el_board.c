@@ -510,6 +510,15 @@ typedef struct {
     uint32_t row0, nrows, col0, ncols;
 } el_region;
 
+/* " outside the ROWS x COLS array": the tail of the index and region refusals */
+static void t_outside_array(el_text *t, const el_board *b) {
+    t_str(t, " outside the ");
+    t_u64(t, b->rows);
+    t_str(t, " x ");
+    t_u64(t, b->cols);
+    t_str(t, " array");
+}
+
 static bool check_index(el_cmd *c, uint32_t row, uint32_t col) {
     if (!(row < c->b->rows && col < c->b->cols)) {
         el_text t;
@@ -518,11 +527,8 @@ static bool check_index(el_cmd *c, uint32_t row, uint32_t col) {
         t_u64(&t, row);
         t_str(&t, ", ");
         t_u64(&t, col);
-        t_str(&t, ") outside the ");
-        t_u64(&t, c->b->rows);
-        t_str(&t, " x ");
-        t_u64(&t, c->b->cols);
-        t_str(&t, " array");
+        t_str(&t, ")");
+        t_outside_array(&t, c->b);
         return fail_end(c, &t);
     }
     return true;
@@ -582,11 +588,7 @@ static bool region(el_cmd *c, el_region *r) {
         t_u64(&t, col0);
         t_byte(&t, '+');
         t_u64(&t, cols);
-        t_str(&t, " outside the ");
-        t_u64(&t, c->b->rows);
-        t_str(&t, " x ");
-        t_u64(&t, c->b->cols);
-        t_str(&t, " array");
+        t_outside_array(&t, c->b);
         return fail_end(c, &t);
     }
     *r = (el_region){row0, rows, col0, cols};

@@ -188,21 +188,10 @@ int64_t el_coincidence_pulses(double *state, const double *params, int64_t rows,
                 mask &= mask - 1;
                 int64_t n = el_popcount32(word & x_bits[j]);
                 bool down = d_pos == (x[j] > 0.0);
-                int64_t polarity = down ? EL_POLARITY_DOWN : EL_POLARITY_UP;
                 size_t cell = (size_t)(i * cols + j);
-                const double *p = params + cell * EL_N_PARAMS;
-                double w = state[cell];
-                double scale_up = p[EL_P_SCALE_UP];
-                double scale_down = p[EL_P_SCALE_DOWN];
-                double w_min = p[EL_P_W_MIN];
-                double w_max = p[EL_P_W_MAX];
-                double inv_span = p[EL_P_INV_SPAN];
-                for (int64_t k = 0; k < n; k++) {
-                    double noise = c2c_std > 0.0 ? c2c_std * el_rng_normal_inline(rng, normal_table) : 0.0;
-                    w = el_step_state(w, polarity, table_up, n_up, table_down, n_down, scale_up, scale_down, w_min,
-                                      w_max, inv_span, noise);
-                }
-                state[cell] = w;
+                /* numba inlines pulse_device here by hand (its call form was slower there); C just calls it */
+                el_pulse_device(state, params, rows, cols, i, j, n, down ? EL_POLARITY_DOWN : EL_POLARITY_UP,
+                                table_up, n_up, table_down, n_down, c2c_std, rng, normal_table);
                 el_add_i32(&pulses[cell * 2 + (down ? 1 : 0)], n);
                 total += n;
                 n_down_total += down ? n : 0;
