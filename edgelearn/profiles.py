@@ -3,12 +3,14 @@
 A profile file has a top-level name (and optional description, typical = true for figures typical of a part class
 rather than measured on one board) and the sections [mcu] (required), [imu] and [battery] (optional). Units are in the
 field names. The bundled profiles (traces/profiles/*.toml, installed as edgelearn.bundled) carry typical figures of
-their class from public datasheets; docs/budget.md names the parts. `load_profile("m4f-lowpower")` or
+their class from public datasheets (docs/budget.md names the parts) and the controller cycles measured on the C
+firmware for their core class (`python tools/firmware_tables.py`, docs/firmware.md). `load_profile("m4f-lowpower")` or
 `load_profile("my-board.toml")`; errors are one line naming the file and field.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -138,8 +140,10 @@ def measured_cycles(result: dict) -> dict:
     out["mvm_pass"] = round(max(0.0, own - cols * out["dac_code"] - rows * out["adc_code"]), 1)
     out["feature_channel"] = round(float(ops["window_features_per_window"]["excluding_samples_cycles"]), 1)
     estimate = [f for f in CycleTable.model_fields if f not in out and f != "source"]
+    model = re.search(r"cycle model: ([^)]*)", result.get("cpu_note", ""))
     out["source"] = (f"measured: edgelearn firmware measure, {result['cpu']}, {result['compiler']}, sources "
-                     f"{result['source_hash']} (cycles estimated from exact instruction counts); estimate kept for "
+                     f"{result['source_hash']} (cycles estimated from exact instruction counts"
+                     f"{', cycle model: ' + model.group(1) if model else ''}); estimate kept for "
                      f"{', '.join(estimate)}")
     CycleTable.model_validate(out)  # every value in range
     return out
@@ -147,14 +151,14 @@ def measured_cycles(result: dict) -> dict:
 
 def profile_with_cycles(path_or_name: str | Path, cycles: dict) -> str:
     """The TOML text of a profile (file or bundled name) with its [cycles] table replaced by `cycles`."""
-    import re
-
     path = Path(path_or_name)
     if not path.exists():
         load_profile(path_or_name)  # the one-line error for an unknown name
         path = bundled_profiles()[str(path_or_name)]
     text = path.read_text(encoding="utf-8")
     text = re.sub(r"(?ms)^\[cycles\]\n.*?(?=^\[|\Z)", "", text).rstrip() + "\n\n[cycles]\n"
+    if str(cycles.get("source", "")).startswith("measured: edgelearn firmware measure"):
+        text += "# written by edgelearn firmware measure (bundled profiles: python tools/firmware_tables.py)\n"
     for key, value in cycles.items():
         text += f"{key} = {value!r}\n" if isinstance(value, float) else f'{key} = "{value}"\n'
     return text

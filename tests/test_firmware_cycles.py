@@ -68,3 +68,18 @@ def test_a_marked_block_is_replaced_whole_and_missing_markers_are_one_line():
     assert replace_marked_block(text, "t", "new") == "a\n<!-- t:start -->\nnew\n<!-- t:end -->\nb\n"
     with pytest.raises(EdgelearnError, match=r"^docs/x.md: the markers <!-- u:start --> / <!-- u:end --> are missing$"):
         replace_marked_block(text, "u", "new", "docs/x.md")
+
+
+@pytest.mark.parametrize("name,cpu", [("m4f-lowpower", "cortex-m4"), ("m33", "cortex-m33")])
+def test_bundled_profiles_carry_cycles_measured_on_the_current_firmware(name, cpu):
+    """The bundled profiles' [cycles] come from `python tools/firmware_tables.py` on today's C sources: a change to the
+    measured kernels without regenerating them fails here (the hash needs no CPU emulator)."""
+    from firmware_model.measure import source_hash
+
+    cycles = load_profile(name).cycles
+    assert cycles.source.startswith(f"measured: edgelearn firmware measure, {cpu},"), cycles.source
+    assert f"sources {source_hash()} " in cycles.source, (
+        f"{name}: its cycles were measured on other firmware sources; run python tools/firmware_tables.py")
+    estimate = CycleTable()
+    assert cycles.chi_update > estimate.chi_update and cycles.dac_code > 100 * estimate.dac_code
+    assert cycles.mac == estimate.mac and cycles.wake == estimate.wake  # the platform's, still estimated

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edgelearn.continual import load_run_config, run_stream
 from edgelearn.energy import BUILTIN_MODELS
-from edgelearn.profiles import load_profile
+from edgelearn.profiles import CycleTable, load_profile
 from edgelearn.system import TERM_NAMES, TERMS, quick_estimate, system_budget, workload_from_run
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "budget.md"
@@ -104,6 +104,17 @@ def main(argv=None) -> int:
                          quick_b.terms_j_per_day["mcu_active"]),
                         ("total J per day", measured_b.total_j_per_day, quick_b.total_j_per_day)):
         lines.append(f"| {label} | {a:.4g} | {b:.4g} | {b / a if a else float('nan'):.2f} |")
+    lines += ["", "Controller cycles: the bundled profiles' measured table (docs/firmware.md) next to the hand estimate it "
+              "replaced (`CycleTable()` defaults, docs/budget.md), on the measured stream:", "",
+              "| profile | cycles | MCU active (J/day) | front end (J/day) | duty cycle | total (J/day) | battery (days) |",
+              "|---|---|---|---|---|---|---|"]
+    for name in PROFILES:
+        profile = load_profile(name)
+        for label, p in (("measured", profile), ("estimate", profile.model_copy(update={"cycles": CycleTable()}))):
+            b = system_budget(stream, p, [config.energy_model])
+            lines.append(f"| `{name}` | {label} | {b.terms_j_per_day['mcu_active']:.3g} | "
+                         f"{b.terms_j_per_day['front_end']:.3g} | {b.duty_cycle:.3%} | {b.total_j_per_day:.4g} | "
+                         f"{b.battery_life_days:.1f} |")
     lines += ["", END]
     block = "\n".join(lines)
     if args.print:
