@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from firmware_model import controller as ctl
-from firmware_model import crossbar, fixed
+from firmware_model import crossbar, fixed, lowmem
 
 from .devices import DeviceCard, DeviceVariation, PiecewiseStepModel, load_card
 from .errors import EdgelearnError
@@ -57,6 +57,14 @@ class PulseConfig(BaseModel):
                                          "amplitude-blind steps (the staircase read as identical pulses). Set, the "
                                          "card's amplitude response gives the steps (within the measured range)")
     amplitude_down_v: float | None = Field(None, gt=0, description="|V| of down (positive) pulses; as amplitude_up_v")
+    chi_bits: Literal[8, 16, 32] | None = Field(None, description="mixed precision: width of the chi accumulator; "
+                                                "None or 32: int32 in Q(31-F).F weight units; 16 or 8: the residual "
+                                                "in units of granularity / 2^(bits - 4) (3 bits of headroom above "
+                                                "the threshold) with stochastic rounding")
+
+    @property
+    def chi_width(self) -> int:
+        return 32 if self.chi_bits is None else int(self.chi_bits)
 
     @property
     def amplitude_aware(self) -> bool:
@@ -189,7 +197,7 @@ class Tile:
         self.ref_state = np.zeros((rows, cols))
         self.rng = fixed.seed_state(int(host_rng.integers(2**63)))
         self.normal_table = fixed.normal_table()
-        self.chi = np.zeros((rows, cols), np.int32)
+        self.chi = np.zeros((rows, cols), {32: np.int32, 16: np.int16, 8: np.int8}[self.pulse_config.chi_width])
         self._x_q = np.zeros(cols, np.int32)
         self._row_mult = np.zeros(rows, np.int32)
         self._fwd_codes = np.zeros(rows, np.int32)
@@ -271,6 +279,8 @@ class Tile:
         epsilon defaults to the card's granularity; epsilon_down (if given) is the threshold for down pulses."""
         x, d = _vector(x, self.cols, "x"), _vector(d, self.rows, "d")
         pc = self.pulse_config
+        if pc.chi_width < 32:  # the narrow accumulator has one kernel: a batch of one
+            return self.update_mp_batch(x[None, :], d[None, :], lr, epsilon, epsilon_down)
         eps_up_q, eps_down_q = self._epsilon_codes(epsilon, epsilon_down)
         ctl.chi_increments(x, d, float(lr), pc.chi_frac_bits, self._x_q, self._row_mult)
         n = ctl.mp_update(self.state, self.params, self.table_up, self.table_down, self.c2c_std, self.chi,
@@ -307,18 +317,48 @@ class Tile:
     def update_mp_batch(self, xs, ds, lr: float, epsilon: float | None = None,
                         epsilon_down: float | None = None) -> int:
         """Mixed-precision step for a mini-batch: the controller sums d x^T over the batch (counted as digital MACs),
-        chi += round(-lr * sum * 2^F), then pulses where |chi| >= epsilon, as update_mp."""
+        chi += round(-lr * sum * 2^F), then pulses where |chi| >= epsilon, as update_mp. With pulses.chi_bits 8 or
+        16 the accumulator is narrow (firmware_model.lowmem.mp_update_dense_q): units of granularity / 2^(bits-4),
+        stochastic rounding, saturation at the integer's range."""
         xs, ds = self._matrix(xs, self.cols, "x batch"), self._matrix(ds, self.rows, "d batch")
         if xs.shape[0] != ds.shape[0]:
             raise EdgelearnError(f"x and d batches differ in length: {xs.shape[0]} and {ds.shape[0]}")
         pc = self.pulse_config
-        eps_up_q, eps_down_q = self._epsilon_codes(epsilon, epsilon_down)
         gradient = ds.T @ xs
         self.counters[ctl.C_MACS] += xs.shape[0] * self.rows * self.cols
+        if pc.chi_width < 32:
+            frac = pc.chi_width - 4
+            unit = self.granularity / 2.0**frac
+            eps_up = self.granularity if epsilon is None else epsilon
+            eps_down = eps_up if epsilon_down is None else epsilon_down
+            eps_up_q, eps_down_q = int(round(eps_up / unit)), int(round(eps_down / unit))
+            top = 2 ** (pc.chi_width - 1) - 1
+            if not (0 < eps_up_q <= top and 0 < eps_down_q <= top):
+                raise EdgelearnError(f"epsilon {eps_up:g}/{eps_down:g} does not fit the int{pc.chi_width} "
+                                     f"accumulator (units of {unit:g}, at most {top})")
+            n = lowmem.mp_update_dense_q(self.state, self.params, self.table_up, self.table_down, self.c2c_std,
+                                         self.chi, gradient, -float(lr) / unit, eps_up_q, eps_down_q, -top, top,
+                                         pc.max_pulses_per_update, self.rng, self.normal_table, self.device_pulses,
+                                         self.counters)
+            self._account(n)
+            return int(n)
+        eps_up_q, eps_down_q = self._epsilon_codes(epsilon, epsilon_down)
         n = ctl.mp_update_dense(self.state, self.params, self.table_up, self.table_down, self.c2c_std, self.chi,
                                 gradient, -float(lr) * 2.0 ** pc.chi_frac_bits, eps_up_q, eps_down_q,
                                 pc.max_pulses_per_update, self.rng, self.normal_table, self.device_pulses,
                                 self.counters)
+        self._account(n)
+        return int(n)
+
+    def apply_counts(self, counts) -> int:
+        """Apply a signed pulse-count matrix (> 0: that many up pulses, < 0: down), device by device in row-major
+        order (the test board's UPDATE command); counted as training pulses. Returns the pulses applied."""
+        counts = np.asarray(counts)
+        if counts.shape != (self.rows, self.cols) or counts.dtype.kind not in "iu":
+            raise EdgelearnError(f"pulse counts must be integers of shape {(self.rows, self.cols)}, got "
+                                 f"{counts.dtype} {counts.shape}")
+        n = ctl.apply_counts(self.state, self.params, self.table_up, self.table_down, self.c2c_std,
+                             counts.astype(np.int64), self.rng, self.normal_table, self.device_pulses, self.counters)
         self._account(n)
         return int(n)
 
@@ -413,6 +453,7 @@ class Board(Protocol):
     def update_mp(self, tile: int, x: np.ndarray, d: np.ndarray, lr: float, epsilon: float | None = None) -> int: ...
     def update_mp_batch(self, tile: int, xs: np.ndarray, ds: np.ndarray, lr: float, epsilon: float | None = None,
                         epsilon_down: float | None = None) -> int: ...
+    def apply_counts(self, tile: int, counts: np.ndarray) -> int: ...
     def calibrate_symmetry(self, tile: int, **options) -> CalibrationResult: ...
     def read_weights(self, tile: int) -> np.ndarray: ...
     def set_weights(self, tile: int, w: np.ndarray) -> None: ...
@@ -468,6 +509,9 @@ class InProcessBoard:
 
     def update_mp_batch(self, tile, xs, ds, lr, epsilon=None, epsilon_down=None):
         return self.tile(tile).update_mp_batch(xs, ds, lr, epsilon, epsilon_down)
+
+    def apply_counts(self, tile, counts):
+        return self.tile(tile).apply_counts(counts)
 
     def calibrate_symmetry(self, tile, **options):
         return self.tile(tile).calibrate_symmetry(**options)

@@ -249,6 +249,19 @@ def _pulse_options(args) -> dict:
     return dict(amplitude_up_v=up, amplitude_down_v=down)
 
 
+_TRANSFER_FLAGS = ("fast_lr", "transfer_lr", "transfer_every", "buffer_bits", "momentum", "chop_prob", "max_steps",
+                   "reference")
+
+
+def _transfer_options(args) -> dict | None:
+    """TransferConfig fields from the transfer flags that were given (None when none was: the defaults)."""
+    given = {name: getattr(args, name) for name in _TRANSFER_FLAGS if getattr(args, name) is not None}
+    if given and args.algorithm not in ("ttv2", "c-ttv2", "agad"):
+        flag = "--" + next(iter(given)).replace("_", "-")
+        raise EdgelearnError(f"{flag}: a transfer-algorithm setting; --algorithm is {args.algorithm}")
+    return given or None
+
+
 def _options_error(exc, options: dict) -> EdgelearnError:
     """The first problem of a pydantic ValidationError of a config built from command-line options, as one line
     naming the option: '--epochs: expected a number >= 1, got 0'."""
@@ -256,6 +269,8 @@ def _options_error(exc, options: dict) -> EdgelearnError:
 
     err = exc.errors()[0]
     name = str(err["loc"][0]) if err["loc"] else ""
+    if name in ("transfer", "pulses") and len(err["loc"]) > 1 and str(err["loc"][1]) in (*_TRANSFER_FLAGS, "chi_bits"):
+        name = str(err["loc"][1])  # a nested setting with a flag of its own
     option = options.get(name, "--" + name.replace("_", "-") if name else "options")
     return EdgelearnError(f"{option}: {error_message(err)}")
 
@@ -293,7 +308,8 @@ def cmd_train(args) -> int:
                              max_train_samples=args.max_train_samples, data_dir=args.data_dir, epsilon=args.epsilon,
                              epsilon_down=args.epsilon_down, deterministic=args.deterministic,
                              max_tile_rows=args.max_tile, max_tile_cols=args.max_tile,
-                             pulses=_pulse_options(args))
+                             pulses={**_pulse_options(args), "chi_bits": args.chi_bits},
+                             transfer=_transfer_options(args))
     except ValidationError as exc:
         raise _options_error(exc, _TRAIN_OPTIONS) from None
     from .profiles import load_profile
@@ -935,7 +951,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr_ = top.add_parser("train", help="train the MNIST MLP on emulated crossbars (or the digital baseline)")
     tr_.add_argument("--card", help="device card file or bundled name (not needed for --algorithm digital)")
-    tr_.add_argument("--algorithm", choices=["sgd", "mp", "sp-shift", "digital"], default="mp")
+    tr_.add_argument("--algorithm", choices=["sgd", "mp", "sp-shift", "ttv2", "c-ttv2", "agad", "digital"],
+                     default="mp")
     tr_.add_argument("--epochs", type=int, default=25)
     tr_.add_argument("--batch-size", type=int, default=64)
     tr_.add_argument("--lr", type=float, default=0.5)
@@ -951,6 +968,21 @@ def build_parser() -> argparse.ArgumentParser:
     tr_.add_argument("--deterministic", action="store_true",
                      help="sgd / sp-shift: deterministic pulse counts instead of stochastic trains (per mini-batch, "
                      "no remainder kept: a small batch and a larger lr, e.g. --batch-size 8 --lr 2)")
+    tr_.add_argument("--chi-bits", type=int, choices=[8, 16, 32], help="mp: accumulator width (default 32; 16 and 8 "
+                     "keep the residual in units of granularity / 2^(bits-4) with stochastic rounding)")
+    tg = tr_.add_argument_group("transfer algorithms (ttv2, c-ttv2, agad; docs/algorithms.md)")
+    tg.add_argument("--fast-lr", type=float, help="lr of the update onto the fast array A, x the schedule's lr "
+                    "(default 20)")
+    tg.add_argument("--transfer-lr", type=float, help="H increment per weight unit read from A, in slow-array "
+                    "pulses, x the schedule's lr (default 0.3)")
+    tg.add_argument("--transfer-every", type=int, help="training samples per column read of A (default 1)")
+    tg.add_argument("--buffer-bits", type=int, choices=[8, 16, 32], help="width of the buffer H (default 8)")
+    tg.add_argument("--momentum", type=float, help="fraction of H kept after a transfer (default 0)")
+    tg.add_argument("--chop-prob", type=float, help="c-ttv2: chopper flip probability per read; agad: flips every "
+                    "round(1/p) reads (default 0.1)")
+    tg.add_argument("--max-steps", type=int, help="most pulses per device and transfer (default 1)")
+    tg.add_argument("--reference", action=argparse.BooleanOptionalAction, default=None,
+                    help="read A against calibrated symmetry-point references (default: on for ttv2 only)")
     tr_.add_argument("--max-tile", type=int, default=1024, help="largest tile side; larger layers are split")
     tr_.add_argument("--amplitude", type=float, metavar="V", help="pulse amplitude magnitude (both directions): the "
                      "card's amplitude response gives the steps and energy prices the pulses there (default: the "

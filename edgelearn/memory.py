@@ -2,7 +2,12 @@
 
 The weights live in the crossbar, not in SRAM; what the controller must hold (docs/budget.md, "Memory"):
 - accumulator: mixed precision (mp) keeps one χ per weight, bias columns included, at chi_bits (int32 in the firmware
-  model, firmware_model/controller.py); sgd and sp-shift keep none; the digital baseline keeps its float32 weights.
+  model, firmware_model/controller.py; int16 or int8 with pulses.chi_bits, firmware_model/lowmem.py); sgd and
+  sp-shift keep none; the digital baseline keeps its float32 weights.
+- transfer buffer: ttv2, c-ttv2 and agad keep the buffer H, one value per weight at buffer_bits.
+- transfer state: per weight-matrix input column, the chopper sign (1 byte, c-ttv2 and agad) and the read count of
+  the chopper period (2 bytes, agad); agad also keeps two int16 values per weight (the previous period's mean read,
+  the current period's sum); the column cursor, 8 bytes per layer.
 - replay buffer: each entry is a network input after the front end's normaliser, int16 Q1.15 (the DAC input codes of
   firmware_model/frontend.normalise; the raw features before it are int32, but only one window's worth is kept, in
   `features`), plus one byte of label.
@@ -21,7 +26,8 @@ from dataclasses import asdict, dataclass, field
 
 from .errors import EdgelearnError
 
-NAMES = {"accumulator": "accumulator", "weights": "digital weights", "replay": "replay buffer",
+NAMES = {"accumulator": "accumulator", "buffer": "transfer buffer H", "transfer_state": "transfer state",
+         "weights": "digital weights", "replay": "replay buffer",
          "window": "window buffer", "features": "feature scratch", "normalisation": "normalisation constants",
          "inputs": "batch inputs", "activations": "activations", "deltas": "deltas"}
 
@@ -59,7 +65,7 @@ class MemoryReport:
             return self
         name, largest = max(self.items.items(), key=lambda kv: kv[1])
         if largest > self.sram_bytes:
-            who = "mixed precision" if name == "accumulator" else "the configuration"
+            who = {"accumulator": "mixed precision", "buffer": self.algorithm}.get(name, "the configuration")
             self.message = f"{who} needs {kib(largest)} of {NAMES.get(name, name)}; {have}"
         else:
             self.message = (f"the configuration needs {kib(self.total_bytes)} ({kib(largest)} of "
@@ -72,7 +78,7 @@ class MemoryReport:
 
 def memory_footprint(sizes, algorithm: str, chi_bits: int = 32, replay: int = 0, replay_dim: int | None = None,
                      window_samples: int = 0, channels: int = 0, batch: int = 1,
-                     normalised_features: int | None = None) -> MemoryReport:
+                     normalised_features: int | None = None, buffer_bits: int = 8) -> MemoryReport:
     """SRAM the controller needs for a network of layer `sizes` (inputs, hidden..., outputs) trained by `algorithm`
     (mp, sgd, sp-shift or digital): χ at chi_bits for mp, `replay` stored inputs of replay_dim values (default: the
     network's inputs), a window of `window_samples` int16 samples x `channels`, a learning batch of `batch` samples.
@@ -88,8 +94,17 @@ def memory_footprint(sizes, algorithm: str, chi_bits: int = 32, replay: int = 0,
     units = sum(sizes[1:])
     windowed = window_samples > 0 and channels > 0
     normalised = (dim if windowed else 0) if normalised_features is None else int(normalised_features)
+    transfer = algorithm in ("ttv2", "c-ttv2", "agad")
+    columns = sum(n_in + 1 for n_in in sizes[:-1])
+    state = 0
+    if transfer:
+        state = 8 * (len(sizes) - 1) + (columns if algorithm != "ttv2" else 0)
+        if algorithm == "agad":
+            state += columns * 2 + weights * 4
     items = {
         "accumulator": weights * ((chi_bits + 7) // 8) if algorithm == "mp" else 0,
+        "buffer": weights * ((buffer_bits + 7) // 8) if transfer else 0,
+        "transfer_state": state,
         "weights": weights * 4 if algorithm == "digital" else 0,
         "replay": replay * (dim * 2 + 1),
         "window": window_samples * channels * 2 if windowed else 0,
@@ -100,6 +115,7 @@ def memory_footprint(sizes, algorithm: str, chi_bits: int = 32, replay: int = 0,
         "deltas": batch * units * 4,
     }
     assumptions = dict(weights=weights, chi_bytes_per_weight=(chi_bits + 7) // 8 if algorithm == "mp" else 0,
+                       buffer_bytes_per_weight=(buffer_bits + 7) // 8 if transfer else 0,
                        replay_entry_bytes=dim * 2 + 1, replay_format="int16 Q1.15 normalised inputs + 1 B label",
                        activation_bytes=4, delta_bytes=4, batch=batch,
                        not_counted="code (flash), stack, protocol buffers")

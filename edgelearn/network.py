@@ -85,6 +85,8 @@ class AnalogLayer:
                  max_tile_cols: int, references: bool = False, periphery: PeripheryConfig | None = None,
                  pulses: PulseConfig | None = None, variation: DeviceVariation | None = None):
         self.board = board
+        self.card, self.seed = card, seed
+        self.tile_options = dict(periphery=periphery, pulses=pulses, variation=variation)  # for companion arrays
         self.n_in, self.n_out = n_in + 1, n_out
         self.row_blocks = _blocks(n_out, max_tile_rows)
         self.col_blocks = _blocks(self.n_in, max_tile_cols)

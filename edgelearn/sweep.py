@@ -123,14 +123,15 @@ def _expand_cards(values: list, source) -> list:
 
 # Config fields added after sweeps were in use, left out of a run's key while they hold their default (None), so a
 # sweep folder made before them keeps its keys and resumes: (section, field).
-KEY_OMIT_WHEN_DEFAULT = (("pulses", "amplitude_up_v"), ("pulses", "amplitude_down_v"))
+KEY_OMIT_WHEN_DEFAULT = (("pulses", "amplitude_up_v"), ("pulses", "amplitude_down_v"), ("pulses", "chi_bits"),
+                         (None, "transfer"))
 
 
 def run_key(kind: str, config: dict) -> str:
     """The run's identity: a hash of its kind and full config (defaults included, but KEY_OMIT_WHEN_DEFAULT)."""
     config = json.loads(json.dumps(config, default=str))
     for section, name in KEY_OMIT_WHEN_DEFAULT:
-        part = config.get(section)
+        part = config if section is None else config.get(section)
         if isinstance(part, dict) and part.get(name, 0) is None:
             del part[name]
     blob = json.dumps({"kind": kind, "config": config}, sort_keys=True, default=str)
@@ -581,6 +582,11 @@ def _train_row(summary: dict, spec: dict, energy_models) -> dict:
            "calibration_pulses": sum(counters.get(k, 0) for k in ("calibration_pulses_up",
                                                                    "calibration_pulses_down")),
            "wall_s": summary.get("wall_s")}
+    memory = summary.get("memory") or {}
+    if memory:  # the controller's SRAM: the algorithm's own state (chi, H, chopper, references) and the whole
+        items = memory.get("items", {})
+        row["algorithm_sram_bytes"] = sum(items.get(k, 0) for k in ("accumulator", "buffer", "transfer_state"))
+        row["sram_bytes"] = memory.get("total_bytes")
     for model in energy_models:
         if summary.get("card_id"):
             r = report_run(summary, model, targets=(target,))

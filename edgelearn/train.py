@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ._version import __version__
-from .algorithms import ALGORITHMS, make_algorithm
+from .algorithms import ALGORITHMS, TRANSFER_ALGORITHMS, TransferConfig, make_algorithm
 from .board import PeripheryConfig, PulseConfig
 from .datasets import MNIST_CLASSES, MNIST_FEATURES, SPLIT_SEED, load_mnist
 from .devices import load_card
@@ -53,7 +53,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     card: str | None = Field(None, description="device card file or bundled name (not needed for digital)")
-    algorithm: str = Field("mp", description="sgd, mp, sp-shift or digital")
+    algorithm: str = Field("mp", description="sgd, mp, sp-shift, ttv2, c-ttv2, agad or digital")
     network: str = Field("paper", description="preset name (paper: 784-256-128-10 sigmoid MLP) or sizes "
                                               "784-...-10 (MNIST: 784 inputs, 10 classes)")
     activation: str = Field("sigmoid", description="hidden activation: sigmoid or relu")
@@ -72,6 +72,8 @@ class TrainConfig(BaseModel):
     deterministic: bool = Field(False, description="sgd / sp-shift: deterministic pulse counts, not trains")
     periphery: PeripheryConfig = PeripheryConfig()
     pulses: PulseConfig = PulseConfig()
+    transfer: TransferConfig | None = Field(None, description="ttv2 / c-ttv2 / agad settings (default: "
+                                            "TransferConfig())")
 
     @field_validator("network")
     @classmethod
@@ -99,6 +101,10 @@ class TrainConfig(BaseModel):
     def fingerprint(self) -> str:
         """Hash of everything but the epoch count (a resumed run may be extended)."""
         data = self.model_dump(exclude={"epochs"})
+        if data["transfer"] is None:  # fields added later, left out at their default: older checkpoints resume
+            del data["transfer"]
+        if data["pulses"].get("chi_bits") is None:
+            data["pulses"].pop("chi_bits", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -183,12 +189,20 @@ def train_memory(config: TrainConfig):
     digital weights, and the activations and deltas of one batch; no stream buffers (MNIST images are the inputs)."""
     from .memory import memory_footprint
 
-    return memory_footprint(parse_sizes(config.network), config.algorithm, batch=config.batch_size)
+    return memory_footprint(parse_sizes(config.network), config.algorithm, batch=config.batch_size,
+                            chi_bits=config.pulses.chi_width,
+                            buffer_bits=(config.transfer or TransferConfig()).buffer_bits)
 
 
-def _counter_totals(network: Network) -> dict:
-    """All of the network's tiles' counters summed ({} for the digital baseline, which has no board)."""
-    return network.board.counters().counts if network.board is not None else {}
+def _counter_totals(network: Network, algorithm=None) -> dict:
+    """All of the board's tiles' counters summed (the network's and any an algorithm added), plus the controller
+    work an algorithm did outside them ({} for the digital baseline, which has no board)."""
+    if network.board is None:
+        return {}
+    counts = dict(network.board.counters().counts)
+    for name, value in (algorithm.extra_counts() if algorithm is not None else {}).items():
+        counts[name] = counts.get(name, 0) + value
+    return counts
 
 
 def build(config: TrainConfig):
@@ -200,6 +214,13 @@ def build(config: TrainConfig):
         options = dict(epsilon=config.epsilon, epsilon_down=config.epsilon_down)
     elif config.algorithm in ("sgd", "sp-shift"):
         options = dict(deterministic=config.deterministic)
+    elif config.algorithm in TRANSFER_ALGORITHMS:
+        options = dict(config=config.transfer)
+    if config.transfer is not None and config.algorithm not in TRANSFER_ALGORITHMS:
+        raise EdgelearnError(f"transfer settings are for {', '.join(TRANSFER_ALGORITHMS)}, not '{config.algorithm}'")
+    if config.pulses.chi_width != 32 and config.algorithm != "mp":
+        raise EdgelearnError(f"pulses.chi_bits is the mixed-precision accumulator's width; algorithm "
+                             f"'{config.algorithm}' keeps no chi")
     algorithm = make_algorithm(config.algorithm, **options)
     card = None
     if not algorithm.digital:
@@ -209,6 +230,7 @@ def build(config: TrainConfig):
     network = Network(config.network, config.activation, card=card, digital=algorithm.digital, seed=config.seed,
                       max_tile_rows=config.max_tile_rows, max_tile_cols=config.max_tile_cols,
                       references=algorithm.references, periphery=config.periphery, pulses=config.pulses)
+    algorithm.attach(network)
     return network, algorithm, card
 
 
@@ -266,11 +288,11 @@ def _train(config: TrainConfig, out: Path | None, resume: bool, progress: bool, 
     first_epoch = 1
     checkpoint = out / CHECKPOINT if out is not None else None
     if resume:
-        first_epoch, epochs, calibration = _load_checkpoint(checkpoint, config, network)
+        first_epoch, epochs, calibration = _load_checkpoint(checkpoint, config, network, algorithm)
     else:
         calibration = algorithm.prepare(network)
     n_train = len(data.train)
-    previous = _counter_totals(network)
+    previous = _counter_totals(network, algorithm)
     for epoch in range(first_epoch, config.epochs + 1):
         t0 = time.perf_counter()
         lr = config.lr_at(epoch)
@@ -289,7 +311,7 @@ def _train(config: TrainConfig, out: Path | None, resume: bool, progress: bool, 
             loss_sum += loss * len(idx)
             correct += hits
         validation = network.accuracy(data.validation.x, data.validation.y)
-        now = _counter_totals(network)
+        now = _counter_totals(network, algorithm)
         diff = {k: now.get(k, 0) - previous.get(k, 0) for k in now}
         previous = now
         epochs.append(EpochMetrics(epoch, lr, loss_sum / n_train, correct / n_train, validation,
@@ -301,12 +323,12 @@ def _train(config: TrainConfig, out: Path | None, resume: bool, progress: bool, 
             print(f"epoch {epoch}: loss {m.train_loss:.4f}  train {m.train_accuracy:.4f}  validation "
                   f"{m.validation_accuracy:.4f}  pulses {m.pulses_up + m.pulses_down}  {m.wall_s:.1f} s", flush=True)
         if out is not None:
-            _save_checkpoint(checkpoint, config, network, epoch, epochs, calibration)
+            _save_checkpoint(checkpoint, config, network, epoch, epochs, calibration, algorithm)
             _write_metrics(out / "metrics.csv", epochs)
     test = network.accuracy(data.test.x, data.test.y)
     digital_macs = sum(getattr(layer, "macs", 0) for layer in network.layers)
     result = TrainResult(weight_histograms=weight_histograms(network), config=config.model_dump(), card_id=card.card_id if card else None, epochs=epochs,
-                         test_accuracy=test, calibration=calibration, counters=_counter_totals(network),
+                         test_accuracy=test, calibration=calibration, counters=_counter_totals(network, algorithm),
                          wall_s=time.perf_counter() - start_wall, resumed_from_epoch=first_epoch - 1 if resume else 0,
                          digital_macs=digital_macs, endurance=_run_endurance(network, card),
                          memory=train_memory(config).to_dict(), card_checks=card_checks(card, config.pulses))
@@ -352,11 +374,12 @@ def _digest(arrays: dict[str, np.ndarray], meta: dict) -> str:
     return h.hexdigest()
 
 
-def _save_checkpoint(path: Path, config: TrainConfig, network: Network, epoch: int, epochs, calibration) -> None:
+def _save_checkpoint(path: Path, config: TrainConfig, network: Network, epoch: int, epochs, calibration,
+                     algorithm=None) -> None:
     """Write the checkpoint atomically: a uniquely named temporary file in the same directory (which np.savez does not
     rename, being given a file object), fsync, os.replace, fsync of the directory. Whatever fails, the temporary file
     is removed and the previous checkpoint stays as it was; an OSError (a full disk) becomes one line."""
-    arrays = network.state_dict()
+    arrays = {**network.state_dict(), **(algorithm.state_dict() if algorithm is not None else {})}
     meta = dict(format=CHECKPOINT_FORMAT, fingerprint=config.fingerprint(), epoch=epoch,
                 epochs=[asdict(m) for m in epochs], calibration=calibration, version=__version__)
     meta["sha256"] = _digest(arrays, meta)
@@ -506,7 +529,10 @@ def _read_checkpoint(path: Path, config: TrainConfig, expected: dict[str, np.nda
     return {**meta, "epochs": parsed.epochs}, arrays
 
 
-def _load_checkpoint(path: Path, config: TrainConfig, network: Network):
-    meta, arrays = _read_checkpoint(path, config, network.state_dict())
+def _load_checkpoint(path: Path, config: TrainConfig, network: Network, algorithm=None):
+    extra = algorithm.state_dict() if algorithm is not None else {}
+    meta, arrays = _read_checkpoint(path, config, {**network.state_dict(), **extra})
     network.load_state_dict(arrays)
+    if algorithm is not None:
+        algorithm.load_state_dict(arrays)
     return meta["epoch"] + 1, list(meta["epochs"]), meta["calibration"]

@@ -12,7 +12,7 @@ import pytest
 
 from edgelearn.cli import main
 from edgelearn.errors import InputError
-from edgelearn.sweep import SweepSpec, load_spec, pareto_front, plan, report, run_sweep
+from edgelearn.sweep import SweepSpec, load_spec, pareto_front, plan, report, run_key, run_sweep
 from test_train import fake_mnist
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,7 +74,8 @@ def test_shipped_paper_spec_is_the_papers_grid():
     assert {r.axes["algorithm"] for r in runs} == {"sgd", "mp", "sp-shift"}
     assert sorted({r.axes["card"].split("-")[1] for r in runs}) == ["200ns", "200us", "20ns", "20us", "2us"]
     assert {(r.axes["algorithm"], r.config["lr"]) for r in runs} == {("mp", 0.5), ("sgd", 0.1), ("sp-shift", 0.1)}
-    with pytest.raises(InputError, match=r"nope: no such spec file, and no shipped spec of that name \(shipped: paper"):
+    with pytest.raises(InputError, match=r"nope: no such spec file, and no shipped spec of that name \(shipped: "
+                                          r"memory-light, paper\)"):
         load_spec("nope")
 
 
@@ -164,3 +165,17 @@ def test_report_table_plots_and_pareto(tmp_path, mnist_dir):
 def test_pareto_front_by_hand():
     points = [("a", 1.0, 0.5), ("b", 2.0, 0.9), ("c", 3.0, 0.8), ("d", 2.0, 0.9), ("e", 0.5, 0.1), ("f", 1.0, 0.4)]
     assert pareto_front(points) == ["e", "a", "b", "d"]
+
+
+def test_shipped_memory_light_spec_and_the_paper_keys_it_leaves_alone():
+    spec = load_spec("memory-light")
+    runs = plan(spec)
+    assert len(runs) == 12 and {r.axes["algorithm"] for r in runs} == {"mp", "ttv2", "c-ttv2", "agad"}
+    assert all((r.config["transfer"] is None) == (r.axes["algorithm"] == "mp") for r in runs)
+    # fields added for issue 17 (pulses.chi_bits, transfer) stay out of a run's key at their default: a paper sweep
+    # folder made before them keeps its keys
+    config = plan(load_spec("paper"))[0].config
+    assert config["transfer"] is None and config["pulses"]["chi_bits"] is None
+    bare = {k: v for k, v in config.items() if k != "transfer"}
+    bare["pulses"] = {k: v for k, v in config["pulses"].items() if k != "chi_bits"}
+    assert run_key("train", config) == run_key("train", bare)

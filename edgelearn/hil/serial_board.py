@@ -638,6 +638,13 @@ class SerialBoard:
                 total += applied
         return total
 
+    def apply_counts(self, tile, counts):
+        """The Board API's apply_counts: a signed pulse-count matrix (> 0 up, < 0 down), as send_counts."""
+        counts = np.asarray(counts)
+        if counts.dtype.kind not in "iu":
+            raise EdgelearnError(f"pulse counts must be integers, got {counts.dtype}")
+        return self.send_counts(tile, counts)
+
     def update_mp(self, tile, x, d, lr, epsilon=None, epsilon_down=None):
         return self.update_mp_batch(tile, np.atleast_2d(x), np.atleast_2d(d), lr, epsilon, epsilon_down)
 
@@ -645,6 +652,9 @@ class SerialBoard:
         """Mixed precision with the accumulator on the host (the same arithmetic as the controller's
         mp_update_dense: chi += round(-lr 2^F sum d x^T), saturating int32; n = trunc(chi / eps); chi -= n eps)."""
         t = self.tile(tile)
+        if t.pulse_config.chi_width < 32:
+            raise EdgelearnError(f"pulses.chi_bits {t.pulse_config.chi_bits}: the narrow accumulator runs in the "
+                                 "controller (in-process board), not over the serial link; use chi_bits 32")
         frac = t.pulse_config.chi_frac_bits
         eu, ed = epsilon_codes(t.card.model.granularity, frac, epsilon, epsilon_down)
         grad = np.asarray(ds, float).T @ np.asarray(xs, float)

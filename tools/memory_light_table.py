@@ -1,0 +1,128 @@
+"""The memory-light training table of docs/algorithms.md: mixed precision at int32 / int16 / int8 and the transfer
+algorithms (ttv2, c-ttv2, agad) next to plain SGD and the digital baseline, with test accuracy, the controller's
+SRAM, pulses and energy, on a quick configuration (not the paper's grid: that is `edgelearn sweep run memory-light`).
+
+    python tools/memory_light_table.py [--cards ID170ZR5000-20ns ID170ZR5000-200us] [--network 784-64-10]
+        [--samples 6000] [--epochs 3] [--seeds 0 1] [--jobs 2] [--print]
+
+Every run: batch 64, lr 0.5 (sgd 0.1), the transfer settings of traces/sweeps/memory-light.toml; test accuracy on the
+10,000 MNIST test images (out of sample), mean and range over the seeds. Rewrites the block between the
+memory-light markers of docs/algorithms.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from edgelearn.energy import load_energy_model, report_run  # noqa: E402
+from edgelearn.report import replace_marked_block  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DOC = REPO / "docs" / "algorithms.md"
+# (label, algorithm, extra config)
+METHODS = [
+    ("mp, χ int32", "mp", {}),
+    ("mp, χ int16", "mp", {"pulses": {"chi_bits": 16}}),
+    ("mp, χ int8", "mp", {"pulses": {"chi_bits": 8}}),
+    ("ttv2, H int8", "ttv2", {"transfer": {"fast_lr": 10.0, "transfer_lr": 0.3}}),
+    ("c-ttv2, H int8", "c-ttv2", {"transfer": {"fast_lr": 50.0, "transfer_lr": 0.3}}),
+    ("agad, H int8", "agad", {"transfer": {"fast_lr": 50.0, "transfer_lr": 0.3}}),
+    ("sgd", "sgd", {"lr": 0.1}),
+    ("digital (float64)", "digital", {}),
+]
+
+
+def one(job):
+    from edgelearn.train import TrainConfig, train
+
+    label, algorithm, extra, card, args, seed = job
+    fields = dict(algorithm=algorithm, network=args.network, epochs=args.epochs, batch_size=64, lr=0.5, seed=seed,
+                  max_train_samples=args.samples, data_dir=args.data_dir)
+    if algorithm != "digital":
+        fields["card"] = card
+    fields.update(extra)
+    result = train(TrainConfig(**fields), progress=False)
+    summary = json.loads(result.to_json())
+    row = dict(label=label, card=card if algorithm != "digital" else "-", seed=seed, test=result.test_accuracy,
+               validation=[m.validation_accuracy for m in result.epochs], wall_s=result.wall_s)
+    items = summary["memory"]["items"]
+    row["state_bytes"] = sum(items.get(k, 0) for k in ("accumulator", "buffer", "transfer_state", "weights"))
+    row["sram_bytes"] = summary["memory"]["total_bytes"]
+    c = summary["counters"]
+    row["pulses"] = c.get("pulses_up", 0) + c.get("pulses_down", 0)
+    row["calibration"] = c.get("calibration_pulses_up", 0) + c.get("calibration_pulses_down", 0)
+    if algorithm != "digital":
+        for name in ("table", "schottky-bound"):
+            r = report_run(summary, load_energy_model(name))
+            row[f"programming_j[{name}]"] = r.components_j["programming"] + r.components_j.get("calibration", 0.0)
+            row[f"total_j[{name}]"] = r.components_j["total"]
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cards", nargs="+", default=["ID170ZR5000-20ns", "ID170ZR5000-200us"])
+    parser.add_argument("--network", default="784-64-10")
+    parser.add_argument("--samples", type=int, default=6000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "datasets" / "mnist"))
+    parser.add_argument("--print", action="store_true", help="print the block instead of rewriting the doc")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    jobs = []
+    for card in args.cards:
+        for label, algorithm, extra in METHODS:
+            if algorithm == "digital" and card != args.cards[0]:
+                continue
+            jobs += [(label, algorithm, extra, card, args, seed) for seed in args.seeds]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(one, jobs))
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["card"], r["label"]), []).append(r)
+    lines = [f"`python tools/memory_light_table.py` ({time.perf_counter() - t0:.0f} s with {args.jobs} jobs on a "
+             f"2-core machine): network {args.network}, the first {args.samples} training images, {args.epochs} "
+             f"epochs, batch 64, seeds {', '.join(map(str, args.seeds))}; test accuracy on the 10,000 test images "
+             "(out of sample), mean [min, max] over the seeds. SRAM: the algorithm's own state (χ, H, chopper, "
+             "references; the digital baseline's float32 weights) and the whole controller (with one batch's "
+             "activations and deltas). Energy: programming and calibration pulses, and the whole run, under the "
+             "`table` model (the `schottky-bound` upper bound in brackets), means over the seeds.", "",
+             "| card | method | test accuracy | algorithm SRAM | controller SRAM | pulses | calibration pulses | "
+             "programming J | total J |", "|---|---|---|---|---|---|---|---|---|"]
+    for (card, label), rs in groups.items():
+        acc = [r["test"] for r in rs]
+        prog = np.mean([r.get("programming_j[table]", np.nan) for r in rs])
+        prog_hi = np.mean([r.get("programming_j[schottky-bound]", np.nan) for r in rs])
+        tot = np.mean([r.get("total_j[table]", np.nan) for r in rs])
+        lines.append(f"| {card} | {label} | {np.mean(acc):.3f} [{min(acc):.3f}, {max(acc):.3f}] | "
+                     f"{rs[0]['state_bytes'] / 1024:,.1f} KiB | {rs[0]['sram_bytes'] / 1024:,.1f} KiB | "
+                     f"{np.mean([r['pulses'] for r in rs]):,.0f} | {np.mean([r['calibration'] for r in rs]):,.0f} | "
+                     + ("-" if np.isnan(prog) else f"{prog:.3g} ({prog_hi:.3g})") + " | "
+                     + ("-" if np.isnan(tot) else f"{tot:.3g}") + " |")
+    block = "\n".join(lines)
+    if args.print:
+        print(block)
+        return 0
+    DOC.write_text(replace_marked_block(DOC.read_text(encoding="utf-8"), "memory-light", block, str(DOC)),
+                   encoding="utf-8")
+    print(f"wrote {DOC.relative_to(REPO)} ({len(rows)} runs, {time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
