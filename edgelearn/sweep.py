@@ -555,14 +555,15 @@ class SweepReport:
         return json.dumps(asdict(self), indent=2, default=str)
 
 
-def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
-    """Keys of the points (key, energy, accuracy) that no other point beats: none has energy <= and accuracy >= with
-    one of them strict. Sorted by energy."""
-    front = []
-    for key, e, a in points:
-        dominated = any((e2 <= e and a2 >= a) and (e2 < e or a2 > a) for _, e2, a2 in points)
-        if not dominated:
-            front.append((e, key))
+def pareto_front(points: list[tuple]) -> list[str]:
+    """Keys of the points (key, energy, accuracy) or (key, energy, accuracy, memory) that no other point beats: none
+    has energy <= and accuracy >= (and memory <=) with one of them strict. Sorted by energy."""
+    def beats(p, q):  # p dominates q
+        costs_p, costs_q = (p[1], *p[3:]), (q[1], *q[3:])
+        no_worse = all(x <= y for x, y in zip(costs_p, costs_q)) and p[2] >= q[2]
+        return no_worse and (any(x < y for x, y in zip(costs_p, costs_q)) or p[2] > q[2])
+
+    front = [(p[1], p[0]) for p in points if not any(beats(q, p) for q in points)]
     return [k for _, k in sorted(front)]
 
 
@@ -655,8 +656,13 @@ def report(out: str | Path, plots: bool = True) -> SweepReport:
     if spec["goal"] == "min":
         points = [(k, e, -a) for k, e, a in points]
     front = pareto_front(points)
+    by_key = {r["key"]: r for r in done}
+    with_memory = [(k, e, a, by_key[k]["sram_bytes"]) for k, e, a in points if by_key[k].get("sram_bytes") is not None]
+    memory_front = pareto_front(with_memory) if with_memory else []
     for r in rows:
         r["pareto"] = r["key"] in front
+        if with_memory:
+            r["pareto_memory"] = r["key"] in memory_front
     columns = []
     for r in rows:
         for k in r:
@@ -670,7 +676,7 @@ def report(out: str | Path, plots: bool = True) -> SweepReport:
     write_atomically(out / "report.csv", buffer.getvalue())
     files = ["report.csv", "report.md"]
     if plots and done:
-        files += _plots(out, spec, done, energy_key, front)
+        files += _plots(out, spec, done, energy_key, front, memory_front)
     write_atomically(out / "report.md", _markdown(spec, rows, columns, front, files))
     return SweepReport(str(out), spec["name"], spec["kind"], spec["metric"], spec["goal"], rows, front, files)
 
@@ -688,17 +694,19 @@ def _markdown(spec: dict, rows: list, columns: list, front: list, files: list) -
     reverse = spec["goal"] == "max"
     done.sort(key=lambda r: (r.get("metric") is None, -(r["metric"] or 0) if reverse else (r["metric"] or 0)))
     axes = [c for c in columns if c.startswith("axis:")]
-    hidden = {"status", "error", "pareto", "key", "metric"} | {c[5:] for c in axes}
+    hidden = {"status", "error", "pareto", "pareto_memory", "key", "metric"} | {c[5:] for c in axes}
     shown = axes + [c for c in columns if c not in hidden and not c.startswith("axis:")]
     lines = [f"# Sweep `{spec['name']}`", "",
              f"{len(rows)} runs: {len(done)} complete, {sum(r['status'] == 'failed' for r in rows)} failed, "
              f"{sum(r['status'] == 'pending' for r in rows)} pending. Ranked by `{spec['metric']}` ({spec['goal']}); "
-             f"target validation accuracy {spec['target_accuracy']}. Pareto front (accuracy vs energy) marked *.", "",
+             f"target validation accuracy {spec['target_accuracy']}. Pareto front (accuracy vs energy) marked *"
+             + ("; with the controller's SRAM as a third axis, marked †." if any("pareto_memory" in r for r in done)
+                else "."), "",
              "| run | " + " | ".join(c[5:] if c.startswith("axis:") else c for c in shown) + " |",
              "|" + "---|" * (len(shown) + 1)]
     for r in done:
-        lines.append(f"| {r['key'][:8]}{' *' if r['pareto'] else ''} | " + " | ".join(_fmt(r.get(c)) for c in shown)
-                     + " |")
+        mark = (" *" if r["pareto"] else "") + (" †" if r.get("pareto_memory") else "")
+        lines.append(f"| {r['key'][:8]}{mark} | " + " | ".join(_fmt(r.get(c)) for c in shown) + " |")
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         lines += ["", "Failed runs (config and traceback in runs/KEY/error.json):", ""]
@@ -710,7 +718,8 @@ def _markdown(spec: dict, rows: list, columns: list, front: list, files: list) -
     return "\n".join(lines) + "\n"
 
 
-def _plots(out: Path, spec: dict, done: list, energy_key: str | None, front: list) -> list[str]:
+def _plots(out: Path, spec: dict, done: list, energy_key: str | None, front: list,
+           memory_front: list = ()) -> list[str]:
     try:
         from .report import _pyplot
 
@@ -739,6 +748,22 @@ def _plots(out: Path, spec: dict, done: list, energy_key: str | None, front: lis
         fig.savefig(out / "pareto.png", dpi=90)
         plt.close(fig)
         files.append("pareto.png")
+    if any(r.get("sram_bytes") for r in done):
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for a in algorithms:
+            pts = [(r["sram_bytes"] / 1024, r["metric"]) for r in done if r["algorithm"] == a and r.get("sram_bytes")]
+            if pts:
+                ax.scatter(*zip(*pts), color=colors[a], label=a, s=22)
+        fr = [(r["sram_bytes"] / 1024, r["metric"]) for r in done if r["key"] in memory_front]
+        if fr:
+            ax.scatter(*zip(*fr), facecolors="none", edgecolors="k", s=80, label="Pareto (energy, SRAM)")
+        ax.set_xlabel("controller SRAM, KiB")
+        ax.set_ylabel(spec["metric"])
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "memory.png", dpi=90)
+        plt.close(fig)
+        files.append("memory.png")
     with_width = [r for r in done if r.get("pulse_width_s")]
     if with_width and spec["kind"] == "train":
         for name, field_name, label in (("epochs_to_target.png", "epochs_to_target",

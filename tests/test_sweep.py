@@ -147,7 +147,8 @@ def test_report_table_plots_and_pareto(tmp_path, mnist_dir):
     run_sweep(load_spec(small_spec(tmp_path / "s.toml", mnist_dir)), out, jobs=2, progress=False)
     assert main(["sweep", "report", str(out)]) == 0
     rep = report(out)
-    assert set(rep.files) == {"report.csv", "report.md", "pareto.png", "epochs_to_target.png", "algorithms.png"}
+    assert set(rep.files) == {"report.csv", "report.md", "pareto.png", "epochs_to_target.png", "algorithms.png",
+                              "memory.png"}
     rows = rep.rows
     assert len(rows) == 8 and all(r["status"] == "complete" for r in rows)
     assert {r["pulse_width_s"] for r in rows} == {2e-8, 2e-4}
@@ -160,11 +161,18 @@ def test_report_table_plots_and_pareto(tmp_path, mnist_dir):
         assert beaten == (key not in rep.pareto)
     lines = (out / "report.csv").read_text().splitlines()
     assert len(lines) == 9 and "energy_to_target_j[table]" in lines[0]
+    # the controller's SRAM is a column and a third Pareto axis: a front over more objectives keeps every 2-D member
+    assert all(r["sram_bytes"] > 0 and r["algorithm_sram_bytes"] >= 0 for r in rows)
+    assert {r["key"] for r in rows if r["pareto_memory"]} >= set(rep.pareto)
+    assert "marked †" in (out / "report.md").read_text()
 
 
 def test_pareto_front_by_hand():
     points = [("a", 1.0, 0.5), ("b", 2.0, 0.9), ("c", 3.0, 0.8), ("d", 2.0, 0.9), ("e", 0.5, 0.1), ("f", 1.0, 0.4)]
     assert pareto_front(points) == ["e", "a", "b", "d"]
+    # a third cost (memory): "c" (worse energy and accuracy than "b") survives with the least memory, "f" too
+    with_memory = [(k, e, a, m) for (k, e, a), m in zip(points, [5, 5, 1, 5, 5, 4])]
+    assert pareto_front(with_memory) == ["e", "a", "f", "b", "d", "c"]
 
 
 def test_shipped_memory_light_spec_and_the_paper_keys_it_leaves_alone():

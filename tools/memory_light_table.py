@@ -3,11 +3,13 @@ algorithms (ttv2, c-ttv2, agad) next to plain SGD and the digital baseline, with
 SRAM, pulses and energy, on a quick configuration (not the paper's grid: that is `edgelearn sweep run memory-light`).
 
     python tools/memory_light_table.py [--cards ID170ZR5000-20ns ID170ZR5000-200us] [--network 784-64-10]
-        [--samples 6000] [--epochs 3] [--seeds 0 1] [--jobs 2] [--print]
+        [--samples 6000] [--epochs 3] [--seeds 0 1] [--jobs 2] [--out DIR] [--print]
+    python tools/memory_light_table.py --paper [--out out/memory-light-paper]     # the paper's network, 48k, 25 epochs
 
-Every run: batch 64, lr 0.5 (sgd 0.1), the transfer settings of traces/sweeps/memory-light.toml; test accuracy on the
-10,000 MNIST test images (out of sample), mean and range over the seeds. Rewrites the block between the
-memory-light markers of docs/algorithms.md.
+Every run: batch 64, lr 0.5 (sgd and sp-shift 0.1, as the paper sweep), the transfer settings of
+traces/sweeps/memory-light.toml; test accuracy on the 10,000 MNIST test images (out of sample), mean and range over
+the seeds. Rewrites the block between the memory-light (or, with --paper, memory-light-paper) markers of
+docs/algorithms.md. With --out every run writes its directory there, and a finished run (summary.json) is reused.
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ METHODS = [
     ("c-ttv2, H int8", "c-ttv2", {"transfer": {"fast_lr": 50.0, "transfer_lr": 0.3}}),
     ("agad, H int8", "agad", {"transfer": {"fast_lr": 50.0, "transfer_lr": 0.3}}),
     ("sgd", "sgd", {"lr": 0.1}),
+    ("sp-shift", "sp-shift", {"lr": 0.1}),
     ("digital (float64)", "digital", {}),
 ]
+TARGET = 0.95
 
 
 def one(job):
@@ -54,10 +58,20 @@ def one(job):
     if algorithm != "digital":
         fields["card"] = card
     fields.update(extra)
-    result = train(TrainConfig(**fields), progress=False)
-    summary = json.loads(result.to_json())
-    row = dict(label=label, card=card if algorithm != "digital" else "-", seed=seed, test=result.test_accuracy,
-               validation=[m.validation_accuracy for m in result.epochs], wall_s=result.wall_s)
+    run_dir = None
+    if args.out:
+        slug = f"{card if algorithm != 'digital' else 'digital'}-{label}-seed{seed}"
+        run_dir = Path(args.out) / "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in slug)
+    if run_dir is not None and (run_dir / "summary.json").is_file():
+        summary = json.loads((run_dir / "summary.json").read_text())
+    else:
+        result = train(TrainConfig(**fields), out=run_dir, progress=False, overwrite=run_dir is not None)
+        summary = json.loads(result.to_json())
+    print(f"done: {label} {card} seed {seed}: {summary['test_accuracy']:.4f}", file=sys.stderr, flush=True)
+    epochs = summary["epochs"]
+    row = dict(label=label, card=card if algorithm != "digital" else "-", seed=seed, test=summary["test_accuracy"],
+               wall_s=summary["wall_s"],
+               to_target=next((m["epoch"] for m in epochs if m["validation_accuracy"] >= TARGET), None))
     items = summary["memory"]["items"]
     row["state_bytes"] = sum(items.get(k, 0) for k in ("accumulator", "buffer", "transfer_state", "weights"))
     row["sram_bytes"] = summary["memory"]["total_bytes"]
@@ -67,7 +81,8 @@ def one(job):
     if algorithm != "digital":
         for name in ("table", "schottky-bound"):
             r = report_run(summary, load_energy_model(name))
-            row[f"programming_j[{name}]"] = r.components_j["programming"] + r.components_j.get("calibration", 0.0)
+            row[f"programming_j[{name}]"] = r.components_j["programming"]
+            row[f"calibration_j[{name}]"] = r.components_j.get("calibration", 0.0)
             row[f"total_j[{name}]"] = r.components_j["total"]
     return row
 
@@ -76,13 +91,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cards", nargs="+", default=["ID170ZR5000-20ns", "ID170ZR5000-200us"])
     parser.add_argument("--network", default="784-64-10")
-    parser.add_argument("--samples", type=int, default=6000)
+    parser.add_argument("--samples", type=int, default=6000, help="the first N training images (default 6000)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "datasets" / "mnist"))
+    parser.add_argument("--out", help="write every run's directory here; finished runs are reused")
+    parser.add_argument("--paper", action="store_true", help="the paper's network on all 48k images, 25 epochs, "
+                        "seed 0 (about 40 minutes with two jobs)")
     parser.add_argument("--print", action="store_true", help="print the block instead of rewriting the doc")
     args = parser.parse_args(argv)
+    block_name = "memory-light"
+    if args.paper:
+        args.network, args.samples, args.epochs, args.seeds, block_name = "paper", None, 25, [0], "memory-light-paper"
     t0 = time.perf_counter()
     jobs = []
     for card in args.cards:
@@ -95,30 +116,41 @@ def main(argv=None) -> int:
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["card"], r["label"]), []).append(r)
-    lines = [f"`python tools/memory_light_table.py` ({time.perf_counter() - t0:.0f} s with {args.jobs} jobs on a "
-             f"2-core machine): network {args.network}, the first {args.samples} training images, {args.epochs} "
-             f"epochs, batch 64, seeds {', '.join(map(str, args.seeds))}; test accuracy on the 10,000 test images "
-             "(out of sample), mean [min, max] over the seeds. SRAM: the algorithm's own state (χ, H, chopper, "
-             "references; the digital baseline's float32 weights) and the whole controller (with one batch's "
-             "activations and deltas). Energy: programming and calibration pulses, and the whole run, under the "
-             "`table` model (the `schottky-bound` upper bound in brackets), means over the seeds.", "",
-             "| card | method | test accuracy | algorithm SRAM | controller SRAM | pulses | calibration pulses | "
-             "programming J | total J |", "|---|---|---|---|---|---|---|---|---|"]
+    samples = "all 48,000" if args.samples is None else f"the first {args.samples:,}"
+    command = "python tools/memory_light_table.py" + (" --paper" if args.paper else "")
+    spread = "mean [min, max] over the seeds" if len(args.seeds) > 1 else "one seed: no interval"
+    lines = [f"`{command}` ({time.perf_counter() - t0:.0f} s with {args.jobs} jobs on a 2-core machine): network "
+             f"{args.network}, {samples} training images, {args.epochs} epochs, batch 64, seeds "
+             f"{', '.join(map(str, args.seeds))}; test accuracy on the 10,000 test images (out of sample), {spread}. "
+             f"Epochs to {TARGET:.0%} validation accuracy ('-': not reached). SRAM: the algorithm's own state (χ, H, "
+             "chopper, references; the digital baseline's float32 weights) and the whole controller (with one "
+             "batch's activations and deltas). Energy under the `table` model (the `schottky-bound` upper bound in "
+             "brackets): training pulses, calibration pulses, and the whole run (converters, reads and digital work "
+             "included).", "",
+             f"| card | method | test accuracy | epochs to {TARGET:.0%} | algorithm SRAM | controller SRAM | pulses | "
+             "calibration pulses | programming J | calibration J | total J |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def energy(rs, what):
+        lo = np.mean([r.get(f"{what}_j[table]", np.nan) for r in rs])
+        hi = np.mean([r.get(f"{what}_j[schottky-bound]", np.nan) for r in rs])
+        return "-" if np.isnan(lo) else f"{lo:.3g} ({hi:.3g})"
+
     for (card, label), rs in groups.items():
         acc = [r["test"] for r in rs]
-        prog = np.mean([r.get("programming_j[table]", np.nan) for r in rs])
-        prog_hi = np.mean([r.get("programming_j[schottky-bound]", np.nan) for r in rs])
-        tot = np.mean([r.get("total_j[table]", np.nan) for r in rs])
-        lines.append(f"| {card} | {label} | {np.mean(acc):.3f} [{min(acc):.3f}, {max(acc):.3f}] | "
+        hits = [r["to_target"] for r in rs]
+        lines.append(f"| {card} | {label} | {np.mean(acc):.3f}"
+                     + (f" [{min(acc):.3f}, {max(acc):.3f}]" if len(acc) > 1 else "") + " | "
+                     + ", ".join("-" if h is None else str(h) for h in hits) + " | "
                      f"{rs[0]['state_bytes'] / 1024:,.1f} KiB | {rs[0]['sram_bytes'] / 1024:,.1f} KiB | "
                      f"{np.mean([r['pulses'] for r in rs]):,.0f} | {np.mean([r['calibration'] for r in rs]):,.0f} | "
-                     + ("-" if np.isnan(prog) else f"{prog:.3g} ({prog_hi:.3g})") + " | "
-                     + ("-" if np.isnan(tot) else f"{tot:.3g}") + " |")
+                     f"{energy(rs, 'programming')} | {energy(rs, 'calibration')} | "
+                     + ("-" if np.isnan(np.mean([r.get('total_j[table]', np.nan) for r in rs]))
+                        else f"{np.mean([r['total_j[table]'] for r in rs]):.3g}") + " |")
     block = "\n".join(lines)
     if args.print:
         print(block)
         return 0
-    DOC.write_text(replace_marked_block(DOC.read_text(encoding="utf-8"), "memory-light", block, str(DOC)),
+    DOC.write_text(replace_marked_block(DOC.read_text(encoding="utf-8"), block_name, block, str(DOC)),
                    encoding="utf-8")
     print(f"wrote {DOC.relative_to(REPO)} ({len(rows)} runs, {time.perf_counter() - t0:.0f} s)")
     return 0
