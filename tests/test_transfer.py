@@ -214,3 +214,28 @@ def test_train_cli_transfer_flags_are_checked_in_one_line(capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("edgelearn: error: --momentum: ") and "less than 1" in err
     assert err.count("\n") == 1
+
+
+def test_c_ttv2_runs_over_the_serial_link_through_the_board_api():
+    """The same policy against a test board (the emulator over a pty): the fast array is a second row band, column
+    reads are FORWARD commands with one-hot inputs, transfers are UPDATE commands. A constant negative delta with
+    positive inputs must raise the weights of C (-lr d x > 0), with the chopper held (chop_prob 0)."""
+    from edgelearn.devices import load_card
+    from edgelearn.hil import SerialBoard
+    from edgelearn.hil.emulator import BoardEmulator, BoardFirmware
+
+    card = load_card("ID170ZR5000-20ns")
+    with BoardEmulator(BoardFirmware([card], 4, 4, seed=2, ideal=True)) as emu:
+        with SerialBoard(emu.url) as board:
+            net = Network((3, 2), card=card, seed=0, board=board)
+            algo = Transfer("c-ttv2", TransferConfig(chop_prob=0.0, fast_lr=20.0, transfer_lr=1.0))
+            algo.attach(net)
+            algo.prepare(net)
+            (_, _, tile), = net.layers[0].grid()
+            before = board.read_weights(tile)
+            xs, ds = np.full((8, 4), 0.5), np.full((8, 2), -0.05)
+            pulses = sum(algo.update(net.layers[0], xs, ds, 1.0) for _ in range(12))
+            after = board.read_weights(tile)
+            fast = board.read_weights(algo.tiles[tile].fast)
+    assert pulses > 0 and (fast > 0.1).all()  # A took the gradient
+    assert (after > before).sum() >= 6 and (after - before).mean() > 0  # and H moved it into C, upward
