@@ -134,8 +134,11 @@ class TransferConfig(BaseModel):
     forget_buffer: bool = Field(True, description="after a transfer H keeps momentum * H (True) or loses "
                                 "(1 - momentum) x the pulses written (False)")
     max_steps: int = Field(1, ge=1, le=127, description="most pulses per device and transfer (aihwkit desired_bl)")
-    chop_prob: float = Field(0.1, ge=0, le=1, description="c-ttv2: probability that a column's chopper flips after "
-                             "its read; agad: the chopper flips regularly every round(1/chop_prob) reads")
+    chop_prob: float = Field(0.1, ge=0, le=1, description="probability that a column's chopper flips after its read "
+                             "(with chop_random False, agad flips regularly every round(1/chop_prob) reads)")
+    chop_random: bool = Field(True, description="agad: flip at random (as c-ttv2) rather than regularly (aihwkit's "
+                              "DynamicTransferCompound default); regular flips measured worse here "
+                              "(docs/algorithms.md)")
     reference: bool | None = Field(None, description="read A against reference devices programmed to its symmetry "
                                    "points (calibrated, counted); default: on for ttv2, off for c-ttv2 and agad")
 
@@ -258,7 +261,14 @@ class Transfer(Algorithm):
         t.acc[:, col] = np.clip(t.acc[:, col].astype(np.int64) + q, -32767, 32767)
         t.reads[col] += 1
         self.counters[ctl.C_ACC_UPDATES] += t.rows
-        if self.period and t.reads[col] >= self.period:
+        if self.config.chop_random:
+            flip = False
+            if self.config.chop_prob > 0:
+                self.counters[ctl.C_RNG_DRAWS] += 1
+                flip = fixed_uniform(t.rng) < self.config.chop_prob
+        else:
+            flip = bool(self.period) and t.reads[col] >= self.period
+        if flip:
             mean = t.acc[:, col].astype(np.float64) / t.reads[col]
             t.ref[:, col] = np.clip(np.sign(mean) * np.floor(np.abs(mean) + 0.5), -32767, 32767)
             t.acc[:, col] = 0

@@ -250,7 +250,7 @@ def _pulse_options(args) -> dict:
 
 
 _TRANSFER_FLAGS = ("fast_lr", "transfer_lr", "transfer_every", "buffer_bits", "momentum", "chop_prob", "max_steps",
-                   "reference")
+                   "reference", "chop_random")
 
 
 def _transfer_options(args) -> dict | None:
@@ -981,6 +981,8 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--chop-prob", type=float, help="c-ttv2: chopper flip probability per read; agad: flips every "
                     "round(1/p) reads (default 0.1)")
     tg.add_argument("--max-steps", type=int, help="most pulses per device and transfer (default 1)")
+    tg.add_argument("--chop-random", action=argparse.BooleanOptionalAction, default=None,
+                    help="agad: chopper flips at random (default) or, with --no-chop-random, regularly")
     tg.add_argument("--reference", action=argparse.BooleanOptionalAction, default=None,
                     help="read A against calibrated symmetry-point references (default: on for ttv2 only)")
     tr_.add_argument("--max-tile", type=int, default=1024, help="largest tile side; larger layers are split")

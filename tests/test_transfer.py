@@ -113,21 +113,28 @@ def test_agad_reference_cancels_a_constant_offset_after_one_period():
     """A constant A (an offset such as a symmetry point away from 0) transfers only in the first chopper period; then
     the previous period's mean is the reference and the signal is 0. c-ttv2 keeps transferring it, with alternating
     signs; ttv2 without a reference keeps transferring it one way."""
-    a = np.full((2, 2), 0.0032)  # r = 0.32 pulses per read
+    a = np.full((2, 2), 0.003125)  # r = 0.3125 pulses per read; 5 units of agad's reference (dw / 16): exact
     results = {}
     for name in ("agad", "c-ttv2", "ttv2"):
-        settings = dict(buffer_bits=32, forget_buffer=False, chop_prob=0.25)
+        settings = dict(buffer_bits=32, forget_buffer=False, chop_prob=0.25, chop_random=False)
         if name == "ttv2":
             settings["reference"] = False
         net, algo, tile, t = held_fast_array(name, a, **settings)
         run_reads(net, algo, 80)  # 40 reads per column: 10 chopper periods of 4 reads for agad
         results[name] = (net.board.read_weights(tile), net.board.counters(tile).counts)
     w, counts = results["agad"]
-    np.testing.assert_allclose(w, np.full((2, 2), 1 * DW))  # the first period: trunc(4 x 0.32) = 1 pulse, then none
+    np.testing.assert_allclose(w, np.full((2, 2), 1 * DW))  # the first period: trunc(4 x 0.3125) = 1 pulse, then none
     assert counts["pulses_up"] + counts["pulses_down"] == 4
-    np.testing.assert_allclose(results["ttv2"][0], np.full((2, 2), 12 * DW))  # trunc(40 x 0.32)
+    np.testing.assert_allclose(results["ttv2"][0], np.full((2, 2), 12 * DW))  # trunc(40 x 0.3125)
     c_counts = results["c-ttv2"][1]
     assert c_counts["pulses_up"] + c_counts["pulses_down"] > 4  # the chopper alone keeps paying for the offset
+    # random flips (the default): the reference is the mean of the reads since the previous flip, whatever their
+    # number, so the offset still stops feeding H after the first flip of each column
+    net, algo, tile, t = held_fast_array("agad", a, buffer_bits=32, forget_buffer=False, chop_prob=0.25)
+    run_reads(net, algo, 400)
+    first = net.board.counters(tile).counts
+    run_reads(net, algo, 400)
+    assert net.board.counters(tile).counts == first and (t.chop != 0).all()  # nothing more once references exist
 
 
 def test_ttv2_calibrates_its_fast_array_and_counts_it():
