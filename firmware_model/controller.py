@@ -61,6 +61,36 @@ def round_half_away(value):
     return whole if value >= 0.0 else -whole
 
 
+@njit(cache=True)
+def _single_input(u):
+    """The index of the only nonzero input, or -1 (none, or more than one)."""
+    found = -1
+    for k in range(u.shape[0]):
+        if u[k] != 0.0:
+            if found >= 0:
+                return -1
+            found = k
+    return found
+
+
+@njit(cache=True)
+def _analog_mvm_one(state, ref_state, use_ref, u, transpose, k, y):
+    """_analog_mvm for an input whose only nonzero entry is u[k] (a one-hot column or row read, as the transfer
+    algorithms issue): y = W[:, k] u[k] or W[k, :] u[k]. Every other term of the full sum is a signed zero, and adding
+    signed zeros to a nonzero product changes nothing, so this equals the full sum (a zero product may differ in its
+    sign only, which no ADC code or added noise can see)."""
+    rows, cols = state.shape
+    uk = u[k]
+    if transpose:
+        for j in range(cols):
+            w = state[k, j] - ref_state[k, j] if use_ref else state[k, j]
+            y[j] = w * uk
+    else:
+        for i in range(rows):
+            w = state[i, k] - ref_state[i, k] if use_ref else state[i, k]
+            y[i] = w * uk
+
+
 @njit(cache=True, fastmath=True)
 def _analog_mvm(state, ref_state, use_ref, u, transpose, y):
     """The array's analog summation: y = W u or W^T u, W = state (- ref_state). Summation order is physics, not
@@ -126,7 +156,11 @@ def mvm(state, ref_state, use_ref, vec, transpose, dac_bits, inp_bound, adc_bits
         for k in range(n_in):
             c = round_half_away(vec[k] * to_code)
             u[k] = min(max(c, -dac_max), dac_max) * per_code
-        _analog_mvm(state, ref_state, use_ref, u, transpose, y)
+        one = _single_input(u)
+        if one >= 0:
+            _analog_mvm_one(state, ref_state, use_ref, u, transpose, one, y)
+        else:
+            _analog_mvm(state, ref_state, use_ref, u, transpose, y)
         counters[C_MVM_BACKWARD if transpose else C_MVM_FORWARD] += 1
         counters[C_CELL_READS] += rows * cols
         counters[C_DAC] += n_in

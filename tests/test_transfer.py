@@ -246,3 +246,29 @@ def test_c_ttv2_runs_over_the_serial_link_through_the_board_api():
             fast = board.read_weights(algo.tiles[tile].fast)
     assert pulses > 0 and (fast > 0.1).all()  # A took the gradient
     assert (after > before).sum() >= 6 and (after - before).mean() > 0  # and H moved it into C, upward
+
+
+def test_one_hot_reads_take_a_shortcut_equal_to_the_full_sum():
+    """controller.mvm sums a single nonzero input's column (or row) only: the transfer algorithms' column reads. The
+    full sum adds signed zeros to that product, so both agree (up to the sign of a zero product)."""
+    from firmware_model import controller as ctl
+
+    rng = np.random.default_rng(0)
+    for use_ref in (False, True):
+        for transpose in (False, True):
+            state, ref = rng.normal(0, 0.5, (37, 53)), rng.normal(0, 0.1, (37, 53))
+            state[3, 5] = ref[3, 5]  # a zero weight
+            n_in = 37 if transpose else 53
+            assert ctl._single_input(np.zeros(n_in)) == -1
+            for k in range(n_in):
+                u = np.zeros(n_in)
+                u[k] = rng.choice([0.3, -0.7, 1.0])
+                assert ctl._single_input(u) == k
+                full, one = np.empty(53 if transpose else 37), np.empty(53 if transpose else 37)
+                ctl._analog_mvm(state, ref, use_ref, u, transpose, full)
+                ctl._analog_mvm_one(state, ref, use_ref, u, transpose, k, one)
+                np.testing.assert_array_equal(np.abs(full), np.abs(one))
+                np.testing.assert_array_equal(full[full != 0], one[one != 0])
+            u = np.zeros(n_in)
+            u[[1, 4]] = 0.5
+            assert ctl._single_input(u) == -1
