@@ -731,39 +731,34 @@ def _plots(out: Path, spec: dict, done: list, energy_key: str | None, front: lis
     files = []
     algorithms = sorted({r["algorithm"] for r in done})
     colors = {a: f"C{k}" for k, a in enumerate(algorithms)}
+    def scatter(name, x_of, xlabel, front_points, front_style, log=False):
+        """One accuracy-against-x plot, a colour per algorithm, the Pareto runs drawn over it."""
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for a in algorithms:
+            pts = [(x_of(r), r["metric"]) for r in done if r["algorithm"] == a and x_of(r)]
+            if pts:
+                ax.scatter(*zip(*pts), color=colors[a], label=a, s=22)
+        if front_points:
+            front_style(ax, front_points)
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(spec["metric"])
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=90)
+        plt.close(fig)
+        files.append(name)
+
     if energy_key:
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        for a in algorithms:
-            pts = [(r[energy_key], r["metric"]) for r in done if r["algorithm"] == a and r.get(energy_key)]
-            if pts:
-                ax.scatter(*zip(*pts), color=colors[a], label=a, s=22)
-        fr = sorted((r[energy_key], r["metric"]) for r in done if r["key"] in front)
-        if fr:
-            ax.plot(*zip(*fr), color="k", lw=1, ls="--", label="Pareto front")
-        ax.set_xscale("log")
-        ax.set_xlabel(energy_key.replace("energy_j", "total energy, J "))
-        ax.set_ylabel(spec["metric"])
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "pareto.png", dpi=90)
-        plt.close(fig)
-        files.append("pareto.png")
+        scatter("pareto.png", lambda r: r.get(energy_key), energy_key.replace("energy_j", "total energy, J "),
+                sorted((r[energy_key], r["metric"]) for r in done if r["key"] in front),
+                lambda ax, p: ax.plot(*zip(*p), color="k", lw=1, ls="--", label="Pareto front"), log=True)
     if any(r.get("sram_bytes") for r in done):
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        for a in algorithms:
-            pts = [(r["sram_bytes"] / 1024, r["metric"]) for r in done if r["algorithm"] == a and r.get("sram_bytes")]
-            if pts:
-                ax.scatter(*zip(*pts), color=colors[a], label=a, s=22)
-        fr = [(r["sram_bytes"] / 1024, r["metric"]) for r in done if r["key"] in memory_front]
-        if fr:
-            ax.scatter(*zip(*fr), facecolors="none", edgecolors="k", s=80, label="Pareto (energy, SRAM)")
-        ax.set_xlabel("controller SRAM, KiB")
-        ax.set_ylabel(spec["metric"])
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "memory.png", dpi=90)
-        plt.close(fig)
-        files.append("memory.png")
+        scatter("memory.png", lambda r: (r.get("sram_bytes") or 0) / 1024, "controller SRAM, KiB",
+                [(r["sram_bytes"] / 1024, r["metric"]) for r in done if r["key"] in memory_front],
+                lambda ax, p: ax.scatter(*zip(*p), facecolors="none", edgecolors="k", s=80,
+                                         label="Pareto (energy, SRAM)"))
     with_width = [r for r in done if r.get("pulse_width_s")]
     if with_width and spec["kind"] == "train":
         for name, field_name, label in (("epochs_to_target.png", "epochs_to_target",
