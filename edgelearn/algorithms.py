@@ -146,20 +146,19 @@ class TransferConfig(BaseModel):
 class _TileTransfer:
     """The transfer state of one weight tile: its fast tile on the board and the controller's digital buffers."""
 
-    def __init__(self, fast: int, rows: int, cols: int, buffer_dtype, granularity_c: float, granularity_a: float,
-                 seed: int):
+    def __init__(self, fast: int, rows: int, cols: int, buffer_dtype, granularity: float, seed: int, agad: bool):
         self.fast, self.rows, self.cols = fast, rows, cols
-        self.granularity_c, self.granularity_a = granularity_c, granularity_a
+        self.granularity = granularity  # of both arrays: the fast one is of the same card
         self.h = np.zeros((rows, cols), buffer_dtype)
         self.chop = np.ones(cols, np.int8)
-        self.ref = np.zeros((rows, cols), np.int16)  # agad: previous chopper period's mean read, units eps_A / 16
-        self.acc = np.zeros((rows, cols), np.int16)  # agad: this period's reads summed (saturating)
-        self.reads = np.zeros(cols, np.int16)  # agad: reads of each column in this period (-1: no reference yet)
-        self.reads[:] = -1
         self.cursor = np.zeros(2, np.int64)  # next column, samples since the last read
         self.rng = fixed.seed_state(seed)
-
-    FIELDS = ("h", "chop", "ref", "acc", "reads", "cursor", "rng")
+        self.fields = ["h", "chop", "cursor", "rng"]
+        if agad:  # the reference is 0 until a column's first flip, so the first period reads A as it is
+            self.ref = np.zeros((rows, cols), np.int16)  # previous chopper period's mean read, units eps / 16
+            self.acc = np.zeros((rows, cols), np.int16)  # this period's reads summed (saturating)
+            self.reads = np.zeros(cols, np.int16)  # reads of each column in this period
+            self.fields += ["ref", "acc", "reads"]
 
 
 class Transfer(Algorithm):
@@ -192,8 +191,8 @@ class Transfer(Algorithm):
                 fast = self.board.add_tile(layer.card, rows, cols, seed=layer.seed * 1000 + 500_000 + r,
                                            references=self.use_reference, **layer.tile_options)
                 card = load_card(layer.card) if isinstance(layer.card, str) else layer.card
-                g = getattr(card, "model", card).granularity  # a card, or a bare step model
-                self.tiles[tile] = _TileTransfer(fast, rows, cols, dtype, g, g, seed=(layer.seed * 1000 + r) * 7 + 3)
+                self.tiles[tile] = _TileTransfer(fast, rows, cols, dtype, getattr(card, "model", card).granularity,
+                                                 seed=(layer.seed * 1000 + r) * 7 + 3, agad=self.name == "agad")
 
     def prepare(self, network):
         network.initialise()
@@ -229,7 +228,7 @@ class Transfer(Algorithm):
             reads = self.board.forward_batch(t.fast, one_hot)  # one-hot column reads of A
             counts = np.zeros((t.rows, t.cols), np.int64)
             column = np.empty(t.rows, np.int64)
-            gain = c.transfer_lr * lr * self.h_unit / t.granularity_c
+            gain = c.transfer_lr * lr * self.h_unit / t.granularity
             for col, v in zip(cols, reads):
                 signal = self._signal(t, int(col), v)
                 lowmem.buffer_transfer(t.h, int(col), signal, gain, self.h_range[0], self.h_range[1], self.h_unit,
@@ -245,48 +244,46 @@ class Transfer(Algorithm):
         if not self.chopper:
             return v
         sign = float(t.chop[col])
-        if self.name == "c-ttv2":
-            out = sign * v
-            if self.config.chop_prob > 0:
-                self.counters[ctl.C_RNG_DRAWS] += 1
-                if fixed_uniform(t.rng) < self.config.chop_prob:
-                    t.chop[col] = -t.chop[col]
-            return out
-        # agad: reads in units of eps_A / 16; the reference is the previous period's mean
-        unit = t.granularity_a / 16.0
-        q = np.clip(np.round(v / unit), -32767, 32767).astype(np.int64)
-        out = sign * (v - t.ref[:, col] * unit) if t.reads[col] >= 0 else sign * v
-        if t.reads[col] < 0:
-            t.reads[col] = 0
-        t.acc[:, col] = np.clip(t.acc[:, col].astype(np.int64) + q, -32767, 32767)
-        t.reads[col] += 1
-        self.counters[ctl.C_ACC_UPDATES] += t.rows
-        if self.config.chop_random:
-            flip = False
-            if self.config.chop_prob > 0:
-                self.counters[ctl.C_RNG_DRAWS] += 1
-                flip = fixed_uniform(t.rng) < self.config.chop_prob
+        agad = self.name == "agad"
+        if agad:  # reads in units of eps / 16; the reference is the previous period's mean
+            unit = t.granularity / 16.0
+            out = sign * (v - t.ref[:, col] * unit)
+            q = np.clip(np.round(v / unit), -32767, 32767).astype(np.int64)
+            t.acc[:, col] = np.clip(t.acc[:, col].astype(np.int64) + q, -32767, 32767)
+            t.reads[col] += 1
+            self.counters[ctl.C_ACC_UPDATES] += t.rows
         else:
-            flip = bool(self.period) and t.reads[col] >= self.period
-        if flip:
-            mean = t.acc[:, col].astype(np.float64) / t.reads[col]
-            t.ref[:, col] = np.clip(np.sign(mean) * np.floor(np.abs(mean) + 0.5), -32767, 32767)
-            t.acc[:, col] = 0
-            t.reads[col] = 0
+            out = sign * v
+        if self._flips(t, col):
+            if agad:
+                mean = t.acc[:, col].astype(np.float64) / t.reads[col]
+                t.ref[:, col] = np.clip(np.sign(mean) * np.floor(np.abs(mean) + 0.5), -32767, 32767)
+                t.acc[:, col] = 0
+                t.reads[col] = 0
             t.chop[col] = -t.chop[col]
         return out
+
+    def _flips(self, t: _TileTransfer, col: int) -> bool:
+        """Whether column col's chopper flips after this read: at random with chop_prob (one counted draw), or for
+        agad with chop_random off, every `period` reads."""
+        if self.name == "agad" and not self.config.chop_random:
+            return bool(self.period) and t.reads[col] >= self.period
+        if self.config.chop_prob <= 0:
+            return False
+        self.counters[ctl.C_RNG_DRAWS] += 1
+        return fixed_uniform(t.rng) < self.config.chop_prob
 
     def state_dict(self):
         out = {}
         for tile, t in self.tiles.items():
-            out.update({f"transfer.{tile}.{name}": np.array(getattr(t, name), copy=True) for name in t.FIELDS})
+            out.update({f"transfer.{tile}.{name}": np.array(getattr(t, name), copy=True) for name in t.fields})
             out.update({f"transfer.{tile}.fast.{k}": v for k, v in self.board.state_dict(t.fast).items()})
         out["transfer.counters"] = self.counters.copy()
         return out
 
     def load_state_dict(self, data):
         for tile, t in self.tiles.items():
-            for name in t.FIELDS:
+            for name in t.fields:
                 current, value = getattr(t, name), np.asarray(data[f"transfer.{tile}.{name}"])
                 if value.shape != current.shape or value.dtype != current.dtype:
                     raise EdgelearnError(f"checkpoint field transfer.{tile}.{name}: shape {value.shape} {value.dtype}, "
@@ -302,7 +299,7 @@ class Transfer(Algorithm):
 
 def fixed_uniform(rng) -> float:
     """A uniform [0, 1) draw from the controller's generator (its top 32 bits)."""
-    return float(lowmem.draw_u32(rng)) / lowmem.TWO32
+    return float(fixed.rng_u32(rng)) / lowmem.TWO32
 
 
 def make_algorithm(name: str, **options) -> Algorithm:

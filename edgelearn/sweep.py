@@ -129,11 +129,9 @@ KEY_OMIT_WHEN_DEFAULT = (("pulses", "amplitude_up_v"), ("pulses", "amplitude_dow
 
 def run_key(kind: str, config: dict) -> str:
     """The run's identity: a hash of its kind and full config (defaults included, but KEY_OMIT_WHEN_DEFAULT)."""
-    config = json.loads(json.dumps(config, default=str))
-    for section, name in KEY_OMIT_WHEN_DEFAULT:
-        part = config if section is None else config.get(section)
-        if isinstance(part, dict) and part.get(name, 0) is None:
-            del part[name]
+    from .train import drop_unset
+
+    config = drop_unset(json.loads(json.dumps(config, default=str)), KEY_OMIT_WHEN_DEFAULT)
     blob = json.dumps({"kind": kind, "config": config}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

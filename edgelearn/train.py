@@ -48,6 +48,20 @@ MAX_EPOCHS = 10_000  # limits (docs/architecture.md, "Limits"): the paper trains
 MAX_LR = 100.0  # weights live in about [-1, 1]; the paper grid uses 0.05-1
 
 
+# Config fields added after checkpoints were in use, left out of the fingerprint while unset, so that those
+# checkpoints resume: (section or None for the top level, field).
+FINGERPRINT_OMIT_WHEN_UNSET = (("pulses", "chi_bits"), (None, "transfer"))
+
+
+def drop_unset(data: dict, fields) -> dict:
+    """`data` (a config dump, changed in place) without the (section, name) fields that hold None."""
+    for section, name in fields:
+        part = data if section is None else data.get(section)
+        if isinstance(part, dict) and name in part and part[name] is None:
+            del part[name]
+    return data
+
+
 class TrainConfig(BaseModel):
     """One training run. Every field is recorded in summary.json."""
 
@@ -100,11 +114,7 @@ class TrainConfig(BaseModel):
 
     def fingerprint(self) -> str:
         """Hash of everything but the epoch count (a resumed run may be extended)."""
-        data = self.model_dump(exclude={"epochs"})
-        if data["transfer"] is None:  # fields added later, left out at their default: older checkpoints resume
-            del data["transfer"]
-        if data["pulses"].get("chi_bits") is None:
-            data["pulses"].pop("chi_bits", None)
+        data = drop_unset(self.model_dump(exclude={"epochs"}), FINGERPRINT_OMIT_WHEN_UNSET)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -22,7 +22,7 @@ from .cfirmware import _arr, _counters, _int, _normal, _pulses, _rng, _tile
 
 _lib = load(("el_fixed", "el_crossbar", "el_lowmem"))
 
-_D, _I, _U, _B, _P = ct.c_double, ct.c_int64, ct.c_uint64, ct.c_bool, ct.c_void_p
+_D, _I, _B, _P = ct.c_double, ct.c_int64, ct.c_bool, ct.c_void_p
 _TILE = (_P, _P, _I, _I, _P, _I, _P, _I, _D)  # state, params, rows, cols, table_up, n_up, table_down, n_down, c2c
 
 
@@ -37,7 +37,6 @@ _MP = (*_TILE, _P, _P, _D, _I, _I, _I, _I, _I, _P, _P, _P, _P)
 _BUF = (_P, _I, _I, _I, _P, _D, _I, _I, _I, _D, _B, _I, _P, _P, _P)
 _c = {
     "stochastic_round": _bind("el_stochastic_round", _I, _D, _P),
-    "rng_u32": _bind("el_rng_u32", _U, _P),
     "mp_update_dense_q": {np.dtype(np.int8): _bind("el_mp_update_dense_q_i8", _I, *_MP),
                           np.dtype(np.int16): _bind("el_mp_update_dense_q_i16", _I, *_MP)},
     "buffer_transfer": {np.dtype(np.int8): _bind("el_buffer_transfer_i8", _I, *_BUF),
@@ -65,10 +64,6 @@ def _positive(value, name):
 
 def stochastic_round(x, rng):
     return int(_c["stochastic_round"](float(x), _rng(rng)))
-
-
-def draw_u32(rng):
-    return int(_c["rng_u32"](_rng(rng)))
 
 
 def mp_update_dense_q(state, params, table_up, table_down, c2c_std, chi, gradient, scale, eps_up_q, eps_down_q,

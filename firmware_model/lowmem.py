@@ -117,9 +117,3 @@ def buffer_transfer(h, col, signal, gain, h_min, h_max, unit, momentum, forget, 
     counters[C_ACC_UPDATES] += rows
     counters[C_RNG_DRAWS] += rows
     return fired
-
-
-@njit(cache=True)
-def draw_u32(rng):
-    """One uint32 draw of the controller's generator (for host-side policies: chopper flips)."""
-    return rng_u32(rng)

@@ -1,8 +1,6 @@
 /* Port of firmware_model/fixed.py: C-semantics integer helpers and the xorshift64* generator. */
 #include "el_kernels.h"
 
-#define EL_TWO52 4503599627370496.0
-
 int32_t el_wrap_i32(int64_t value) { return el_wrap_i32_inline(value); }
 
 int32_t el_sat_i32(int64_t value) { return el_sat_i32_inline(value); }
@@ -32,16 +30,7 @@ int64_t el_lowest_set_bit(uint64_t mask) {
     return (int64_t)__builtin_ctzll((unsigned long long)mask);
 }
 
-double el_floor(double v) {
-    if (v == 0.0 || !(el_fabs(v) < EL_TWO52)) {
-        return v; /* zero (either sign), already integral, infinite or NaN */
-    }
-    double t = (double)(int64_t)v; /* truncation toward zero, exact below 2**52 */
-    if (t > v) {
-        t -= 1.0;
-    }
-    return t;
-}
+double el_floor(double v) { return el_floor_inline(v); }
 
 double el_ceil(double v) {
     if (v == 0.0 || !(el_fabs(v) < EL_TWO52)) {

@@ -155,6 +155,20 @@ static inline uint64_t el_rng_next_inline(uint64_t *state) {
 
 static inline uint64_t el_rng_u32_inline(uint64_t *state) { return el_rng_next_inline(state) >> 32; }
 
+#define EL_TWO52 4503599627370496.0
+
+/* math.floor of a double, exact for every double (no libm): el_floor, inline for loops that round once per cell */
+static inline double el_floor_inline(double v) {
+    if (v == 0.0 || !(el_fabs(v) < EL_TWO52)) {
+        return v; /* zero (either sign), already integral, infinite or NaN */
+    }
+    double t = (double)(int64_t)v; /* truncation toward zero, exact below 2**52 */
+    if (t > v) {
+        t -= 1.0;
+    }
+    return t;
+}
+
 static inline double el_rng_normal_inline(uint64_t *state, const double *normal_table) {
     return normal_table[el_rng_next_inline(state) >> (64 - EL_NORMAL_TABLE_BITS)];
 }

@@ -3,24 +3,11 @@
  * compile-time constant of each exported function (the shared bodies are inlined and specialised). */
 #include "el_lowmem.h"
 
-#define LM_TWO52 4503599627370496.0
 #define LM_TWO63 9223372036854775808.0
 #define LM_TWO64 18446744073709551616.0
 
 static inline void count(int64_t *counters, int index, int64_t n) {
     counters[index] = el_add64(counters[index], n);
-}
-
-/* math.floor of a double, exact for every double (el_fixed.c's el_floor, inline: it runs once per cell) */
-static inline double lm_floor(double v) {
-    if (v == 0.0 || !(el_fabs(v) < LM_TWO52)) {
-        return v; /* zero (either sign), already integral, infinite or NaN */
-    }
-    double t = (double)(int64_t)v; /* truncation toward zero, exact below 2**52 */
-    if (t > v) {
-        t -= 1.0;
-    }
-    return t;
 }
 
 /* double -> int64 as numba's conversion runs on x86-64 (cvttsd2si): truncation, and INT64_MIN for NaN or a value
@@ -39,14 +26,6 @@ static inline uint64_t lm_f2u64(double d) {
         return (uint64_t)d;
     }
     return UINT64_MAX;
-}
-
-static inline int64_t lm_abs64(int64_t v) { return v < 0 ? el_sub64(0, v) : v; }
-
-/* numba's `abs(v) // d` then negated where v < 0 (d > 0): truncation toward zero */
-static inline int64_t lm_steps(int64_t v, int64_t d) {
-    int64_t n = el_floordiv64(lm_abs64(v), d);
-    return v < 0 ? el_sub64(0, n) : n;
 }
 
 /* narrow array element load / store; a store keeps the low bits (numba stores an int64 into int8/16/32 so) */
@@ -82,7 +61,7 @@ static inline void lm_store(void *a, size_t k, int width, int64_t v) {
 
 static inline int64_t stochastic_round(double x, uint64_t *rng) {
     x = el_fmin(el_fmax(x, -EL_LOWMEM_LIMIT), EL_LOWMEM_LIMIT);
-    int64_t fl = lm_f2i64(lm_floor(x));
+    int64_t fl = lm_f2i64(el_floor_inline(x));
     uint64_t threshold = lm_f2u64((x - (double)fl) * EL_LOWMEM_TWO32); /* in [0, 2^32] */
     int64_t up = el_rng_u32_inline(rng) < threshold ? 1 : 0;
     return el_add64(fl, up);
@@ -113,7 +92,7 @@ static inline int64_t mp_update_dense_q(double *state, const double *params, int
                 continue;
             }
             int64_t eps = c > 0 ? eps_up : eps_down;
-            int64_t n = lm_steps(c, eps);
+            int64_t n = el_div_trunc_inline(c, eps);
             if (max_pulses > 0) {
                 n = el_imin(el_imax(n, el_sub64(0, max_pulses)), max_pulses);
             }
@@ -167,7 +146,7 @@ static inline int64_t buffer_transfer(void *h, int width, int64_t rows, int64_t 
         size_t cell = (size_t)(i * cols + col);
         int64_t v = el_add64(lm_load(h, cell, width), stochastic_round(gain * signal[i], rng));
         v = el_imin(el_imax(v, lo), hi);
-        int64_t n = lm_steps(v, u);
+        int64_t n = el_div_trunc_inline(v, u);
         if (max_steps > 0) {
             n = el_imin(el_imax(n, el_sub64(0, max_steps)), max_steps);
         }
@@ -180,7 +159,7 @@ static inline int64_t buffer_transfer(void *h, int width, int64_t rows, int64_t 
             } else {
                 kept = (double)v - (1.0 - momentum) * (double)n * (double)u;
             }
-            int64_t r = lm_f2i64(lm_floor(el_fabs(kept) + 0.5));
+            int64_t r = lm_f2i64(el_floor_inline(el_fabs(kept) + 0.5));
             v = kept >= 0.0 ? r : el_sub64(0, r);
         }
         lm_store(h, cell, width, v);
