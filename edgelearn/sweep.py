@@ -30,6 +30,26 @@ from .traces import write_atomically
 THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+class Match(BaseModel):
+    """Settings tied to a combination of axis values: [[match]] where = {card = "X", method = ["a", "b"]} set = {...}."""
+
+    model_config = ConfigDict(extra="forbid")
+    where: dict[str, Any] = Field(min_length=1, description="axis -> value or list of values, all of which must hold")
+    set: dict[str, Any] = Field(min_length=1, description="config fields for the matching runs")
+
+
+def merge_settings(base: dict, over: dict) -> dict:
+    """`over` on top of `base`; tables (dicts) merge key by key, so a nested setting (transfer.fast_lr) given in two
+    places combines instead of the later table replacing the earlier one whole."""
+    out = dict(base)
+    for name, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(name), dict):
+            out[name] = merge_settings(out[name], value)
+        else:
+            out[name] = value
+    return out
+
+
 class SweepSpec(BaseModel):
     """A sweep: every combination of the axes' values, on top of the fixed options."""
 
@@ -38,11 +58,16 @@ class SweepSpec(BaseModel):
     kind: Literal["train", "stream"] = Field("train", description="train: MNIST training runs (TrainConfig fields); "
                                                                   "stream: `edgelearn run` scenarios (RunConfig)")
     axes: dict[str, list[Any]] = Field(description="config field -> values; card values may be glob patterns over "
-                                                   "the bundled cards (e.g. 'ID170ZR5000-*')")
+                                                   "the bundled cards (e.g. 'ID170ZR5000-*'). An axis that is not a "
+                                                   "config field is a label axis: each of its values names a "
+                                                   "[when.AXIS.VALUE] table that says what the value means")
     fixed: dict[str, Any] = Field(default_factory=dict, description="config fields shared by every run")
     when: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict, description="settings tied to an axis value, e.g. [when.algorithm.sgd] lr = 0.1: runs "
         "whose algorithm is sgd get lr 0.1 (over the fixed options; an axis of the same field wins)")
+    match: list[Match] = Field(default_factory=list, description="[[match]] tables: settings for the runs whose axis "
+                                                                 "values match every entry of `where` (a value or a "
+                                                                 "list of values per axis), applied after `when`")
     metric: str = Field("test_accuracy", description="summary field the report ranks runs by")
     goal: Literal["max", "min"] = "max"
     target_accuracy: float = Field(0.95, gt=0, le=1, description="validation accuracy for epochs- and "
@@ -136,13 +161,36 @@ def run_key(kind: str, config: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def series_axis(spec: SweepSpec) -> str:
+    """What the report's plots colour runs by: the first label axis (e.g. method = mp / mp-int8 / ttv2), else the
+    algorithm."""
+    fields = set(_config_class(spec.kind).model_fields)
+    return next((name for name in spec.axes if name not in fields), "algorithm")
+
+
+def _check_settings(settings: dict, fields: set, spec: SweepSpec, source, where: str) -> None:
+    for name in settings:
+        if name not in fields:
+            raise InputError(source, f"not a {spec.kind} config field", field=f"{where}.{name}")
+
+
+def _matches(value, wanted) -> bool:
+    """An axis value against a [[match]] entry: equal to it or to one of a list; card entries may be glob patterns."""
+    for one in (wanted if isinstance(wanted, list) else [wanted]):
+        if str(value) == str(one) or (isinstance(one, str) and fnmatch.fnmatchcase(str(value), one)):
+            return True
+    return False
+
+
 def plan(spec: SweepSpec, source: str | Path = "spec") -> list[PlannedRun]:
     """Every run of the sweep, in axis order, each validated; one-line errors naming the spec and field."""
     cls = _config_class(spec.kind)
     fields = set(cls.model_fields)
+    labels = {name for name in spec.axes if name not in fields}  # label axes: their values are [when] tables
     for name in list(spec.axes) + list(spec.fixed):
-        if name not in fields:
-            raise InputError(source, f"not a {spec.kind} config field (known: {', '.join(sorted(fields))})",
+        if name not in fields and not (name in labels and name in spec.when):
+            hint = f"; a label axis needs [when.{name}.VALUE] tables" if name in spec.axes else ""
+            raise InputError(source, f"not a {spec.kind} config field (known: {', '.join(sorted(fields))}){hint}",
                              field=name)
     both = set(spec.axes) & set(spec.fixed)
     if both:
@@ -153,9 +201,22 @@ def plan(spec: SweepSpec, source: str | Path = "spec") -> list[PlannedRun]:
         for value, settings in cases.items():
             if value not in {str(v) for v in spec.axes[axis]}:
                 raise InputError(source, f"'{value}' is not a value of axis {axis}", field=f"when.{axis}")
-            for name in settings:
-                if name not in fields:
-                    raise InputError(source, f"not a {spec.kind} config field", field=f"when.{axis}.{value}.{name}")
+            _check_settings(settings, fields, spec, source, f"when.{axis}.{value}")
+    for axis in sorted(labels):
+        missing = [str(v) for v in spec.axes[axis] if str(v) not in spec.when[axis]]
+        if missing:
+            raise InputError(source, f"label axis value '{missing[0]}' has no [when.{axis}.{missing[0]}] table",
+                             field=f"axes.{axis}")
+    for n, rule in enumerate(spec.match):
+        for axis, wanted in rule.where.items():
+            if axis not in spec.axes:
+                raise InputError(source, f"'{axis}' is not an axis", field=f"match[{n}].where.{axis}")
+            values = {str(v) for v in spec.axes[axis]}
+            for value in (wanted if isinstance(wanted, list) else [wanted]):
+                if str(value) not in values and not (axis == "card" and any(ch in str(value) for ch in "*?[")):
+                    raise InputError(source, f"'{value}' is not a value of axis {axis}",
+                                     field=f"match[{n}].where.{axis}")
+        _check_settings(rule.set, fields, spec, source, f"match[{n}].set")
     axes = {name: list(values) for name, values in spec.axes.items()}
     for name, values in axes.items():
         if not values:
@@ -166,17 +227,24 @@ def plan(spec: SweepSpec, source: str | Path = "spec") -> list[PlannedRun]:
     names = list(axes)
     for combo in itertools.product(*(axes[n] for n in names)):
         chosen = dict(zip(names, combo))
-        tied = {}
+        settings = dict(spec.fixed)
         for axis, cases in spec.when.items():
-            tied.update(cases.get(str(chosen[axis]), {}))
+            settings = merge_settings(settings, cases.get(str(chosen[axis]), {}))
+        for rule in spec.match:
+            if all(_matches(chosen[axis], wanted) for axis, wanted in rule.where.items()):
+                settings = merge_settings(settings, rule.set)
+        settings.update({name: value for name, value in chosen.items() if name not in labels})
         try:
-            config = cls.model_validate({**spec.fixed, **tied, **chosen}).model_dump(mode="json")
+            config = cls.model_validate(settings).model_dump(mode="json")
         except ValidationError as exc:
             raise validation_error(source, exc, suffix=f" (run {chosen})") from None
         key = run_key(spec.kind, config)
         if key not in seen:  # two axis values that mean the same config are one run
             seen.add(key)
-            runs.append(PlannedRun(key, chosen, config))
+            # an axis value the config dropped (a digital run's card) is recorded as the config has it
+            axes_of_run = {name: (config[name] if name in config and config[name] is None else value)
+                           for name, value in chosen.items()}
+            runs.append(PlannedRun(key, axes_of_run, config))
     return runs
 
 
@@ -348,6 +416,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, schedul
     write_atomically(out / "sweep.json", json.dumps({"name": spec.name, "kind": spec.kind, "metric": spec.metric,
                                                      "goal": spec.goal, "target_accuracy": spec.target_accuracy,
                                                      "energy_models": spec.energy_models,
+                                                     "series": series_axis(spec),
                                                      "runs": [r.key for r in runs]}, indent=2) + "\n")
     pending = []
     for run in runs:
@@ -674,7 +743,10 @@ def report(out: str | Path, plots: bool = True) -> SweepReport:
     write_atomically(out / "report.csv", buffer.getvalue())
     files = ["report.csv", "report.md"]
     if plots and done:
-        files += _plots(out, spec, done, energy_key, front, memory_front)
+        series = spec.get("series", "algorithm")
+        series_of = ((lambda r: r["algorithm"]) if series == "algorithm"
+                     else (lambda r: str(r.get(f"axis:{series}"))))
+        files += _plots(out, spec, done, energy_key, front, memory_front, series_of)
     write_atomically(out / "report.md", _markdown(spec, rows, columns, front, files))
     return SweepReport(str(out), spec["name"], spec["kind"], spec["metric"], spec["goal"], rows, front, files)
 
@@ -717,7 +789,7 @@ def _markdown(spec: dict, rows: list, columns: list, front: list, files: list) -
 
 
 def _plots(out: Path, spec: dict, done: list, energy_key: str | None, front: list,
-           memory_front: list = ()) -> list[str]:
+           memory_front: list = (), series_of=lambda r: r["algorithm"]) -> list[str]:
     try:
         from .report import _pyplot
 
@@ -727,13 +799,13 @@ def _plots(out: Path, spec: dict, done: list, energy_key: str | None, front: lis
     import numpy as np
 
     files = []
-    algorithms = sorted({r["algorithm"] for r in done})
+    algorithms = list(dict.fromkeys(series_of(r) for r in done))  # in the spec's order
     colors = {a: f"C{k}" for k, a in enumerate(algorithms)}
     def scatter(name, x_of, xlabel, front_points, front_style, log=False):
-        """One accuracy-against-x plot, a colour per algorithm, the Pareto runs drawn over it."""
+        """One accuracy-against-x plot, a colour per series (algorithm or label), the Pareto runs drawn over it."""
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         for a in algorithms:
-            pts = [(x_of(r), r["metric"]) for r in done if r["algorithm"] == a and x_of(r)]
+            pts = [(x_of(r), r["metric"]) for r in done if series_of(r) == a and x_of(r)]
             if pts:
                 ax.scatter(*zip(*pts), color=colors[a], label=a, s=22)
         if front_points:
@@ -766,7 +838,7 @@ def _plots(out: Path, spec: dict, done: list, energy_key: str | None, front: lis
             for a in algorithms:
                 by_width: dict = {}
                 for r in with_width:
-                    if r["algorithm"] == a and r.get(field_name) is not None:
+                    if series_of(r) == a and r.get(field_name) is not None:
                         by_width.setdefault(r["pulse_width_s"], []).append(r[field_name])
                 if by_width:
                     w = sorted(by_width)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ._version import __version__
 from .algorithms import ALGORITHMS, TRANSFER_ALGORITHMS, TransferConfig, make_algorithm
@@ -107,6 +107,14 @@ class TrainConfig(BaseModel):
         except EdgelearnError as exc:
             raise ValueError(str(exc)) from None
         return network
+
+    @model_validator(mode="after")
+    def _digital_has_no_card(self):
+        """The digital baseline uses no device: its card is dropped, so a record never names a card that played no
+        part (and a sweep's card axis gives one digital run, not one per card)."""
+        if self.algorithm == "digital":
+            self.card = None
+        return self
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of 1-based epoch: lr * gamma^floor((epoch - 1) / lr_step)."""

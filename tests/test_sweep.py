@@ -79,6 +79,59 @@ def test_shipped_paper_spec_is_the_papers_grid():
         load_spec("nope")
 
 
+def test_label_axis_match_tables_and_a_digital_run_without_card(tmp_path, mnist_dir):
+    spec = SweepSpec(
+        axes={"card": ["ID170ZR5000-20ns", "ID170ZR5000-200us"], "method": ["narrow", "c-ttv2", "base"]},
+        when={"method": {"narrow": {"algorithm": "mp", "pulses": {"chi_bits": 8}},
+                         "c-ttv2": {"algorithm": "c-ttv2", "transfer": {"fast_lr": 50.0, "transfer_lr": 0.3}},
+                         "base": {"algorithm": "digital"}}},
+        match=[{"where": {"card": "*200us", "method": ["c-ttv2"]}, "set": {"transfer": {"fast_lr": 100.0}}}],
+        fixed={"data_dir": str(mnist_dir)})
+    runs = plan(spec)
+    got = [(r.axes["card"], r.axes["method"], r.config["algorithm"], r.config["pulses"]["chi_bits"],
+            r.config["transfer"] and (r.config["transfer"]["fast_lr"], r.config["transfer"]["transfer_lr"]))
+           for r in runs]
+    assert got == [("ID170ZR5000-20ns", "narrow", "mp", 8, None),
+                   ("ID170ZR5000-20ns", "c-ttv2", "c-ttv2", None, (50.0, 0.3)),
+                   (None, "base", "digital", None, None),  # one digital run: its card is dropped
+                   ("ID170ZR5000-200us", "narrow", "mp", 8, None),
+                   ("ID170ZR5000-200us", "c-ttv2", "c-ttv2", None, (100.0, 0.3))]  # merged with the [when] table
+    assert "method" not in runs[0].config
+
+
+def test_shipped_memory_light_spec_reuses_the_paper_runs():
+    runs = plan(load_spec("memory-light"))
+    paper = {r.key for r in plan(load_spec("paper"))}
+    assert len(runs) == 22  # 3 cards x 7 methods + one digital run
+    same = {(r.axes["card"], r.axes["method"]) for r in runs if r.key in paper}
+    assert same == {(f"ID170ZR5000-{w}", m) for w in ("20ns", "2us", "200us") for m in ("mp", "sgd", "sp-shift")}
+    fast = {(r.axes["card"][12:], r.axes["method"]): r.config["transfer"]["fast_lr"] for r in runs
+            if r.config["transfer"]}
+    assert fast == {("20ns", "ttv2"): 10.0, ("2us", "ttv2"): 10.0, ("200us", "ttv2"): 100.0,
+                    ("20ns", "c-ttv2"): 50.0, ("2us", "c-ttv2"): 50.0, ("200us", "c-ttv2"): 100.0,
+                    ("20ns", "agad"): 50.0, ("2us", "agad"): 50.0, ("200us", "agad"): 100.0}
+
+
+def test_label_axis_and_match_errors(tmp_path):
+    spec = tmp_path / "s.toml"
+    cases = [
+        ('[axes]\nmethod = ["a"]\n', r"field 'method': not a train config field .*; a label axis needs "
+                                     r"\[when.method.VALUE\] tables"),
+        ('[axes]\nmethod = ["a", "b"]\n[when.method.a]\nalgorithm = "mp"\n',
+         r"field 'axes.method': label axis value 'b' has no \[when.method.b\] table"),
+        ('[axes]\nalgorithm = ["mp"]\n[[match]]\nwhere = { seed = 0 }\nset = { lr = 0.1 }\n',
+         r"field 'match\[0\].where.seed': 'seed' is not an axis"),
+        ('[axes]\nalgorithm = ["mp"]\n[[match]]\nwhere = { algorithm = ["mp", "sgd"] }\nset = { lr = 0.1 }\n',
+         r"field 'match\[0\].where.algorithm': 'sgd' is not a value of axis algorithm"),
+        ('[axes]\nalgorithm = ["mp"]\n[[match]]\nwhere = { algorithm = "mp" }\nset = { rate = 0.1 }\n',
+         r"field 'match\[0\].set.rate': not a train config field"),
+    ]
+    for text, message in cases:
+        spec.write_text(text)
+        with pytest.raises(InputError, match=message):
+            load_spec(spec)
+
+
 def test_plan_expands_globs_and_keys_by_full_config(tmp_path, mnist_dir):
     spec = SweepSpec(axes={"card": ["ID170ZR5000-2*"], "lr": [0.5, 0.50]}, fixed={"data_dir": str(mnist_dir)})
     runs = plan(spec)
@@ -176,10 +229,9 @@ def test_pareto_front_by_hand():
 
 
 def test_shipped_memory_light_spec_and_the_paper_keys_it_leaves_alone():
-    spec = load_spec("memory-light")
-    runs = plan(spec)
-    assert len(runs) == 12 and {r.axes["algorithm"] for r in runs} == {"mp", "ttv2", "c-ttv2", "agad"}
-    assert all((r.config["transfer"] is None) == (r.axes["algorithm"] == "mp") for r in runs)
+    runs = plan(load_spec("memory-light"))
+    assert all((r.config["transfer"] is None) == (r.config["algorithm"] not in ("ttv2", "c-ttv2", "agad"))
+               for r in runs)
     # fields added for issue 17 (pulses.chi_bits, transfer) stay out of a run's key at their default: a paper sweep
     # folder made before them keeps its keys
     config = plan(load_spec("paper"))[0].config
