@@ -251,7 +251,7 @@ class Tile:
                             "forward batch")
         codes = np.empty((vecs.shape[0], self.cols if transpose else self.rows), np.int32)
         scales = np.empty(vecs.shape[0])
-        ctl.mvm_batch(self.state, self.ref_state, self.references, vecs, transpose, *self.periphery.kernel_args(),
+        ctl.mvm_batch_gemm(self.state, self.ref_state, self.references, vecs, transpose, *self.periphery.kernel_args(),
                       self.rng, self.normal_table, codes, scales, self.counters)
         return codes * scales[:, None]
 

@@ -131,36 +131,62 @@ def mvm(state, ref_state, use_ref, vec, transpose, dac_bits, inp_bound, adc_bits
     The digital result is codes * scale, scale = out_step * nm * f. With abs-max noise management an all-zero input
     gives zero codes and scale 0 (no pass); without it the pass runs as for any input.
     """
+    return _mvm(state, ref_state, use_ref, vec, transpose, dac_bits, inp_bound, adc_bits, out_bound, out_noise,
+                noise_management, bound_management, max_bm_rounds, rng, normal_table, codes, counters, vec, False)
+
+
+@njit(cache=True)
+def _noise_factor(vec, n_in, inp_bound, noise_management):
+    """nm of mvm: max|vec| / inp_bound under abs-max (0.0 for an all-zero input: no pass), else 1."""
+    if noise_management == NM_ABS_MAX:
+        vmax = 0.0
+        for k in range(n_in):
+            vmax = max(vmax, abs(vec[k]))
+        if vmax == 0.0:
+            return 0.0
+        return vmax / inp_bound
+    return 1.0
+
+
+@njit(cache=True)
+def _dac(vec, n_in, dac_max, inp_bound, nm, f, u):
+    """The DAC: u = the input codes of vec at scale nm f, in input units."""
+    per_code = inp_bound / dac_max
+    to_code = dac_max / (nm * f * inp_bound)
+    for k in range(n_in):
+        c = round_half_away(vec[k] * to_code)
+        u[k] = min(max(c, -dac_max), dac_max) * per_code
+
+
+@njit(cache=True)
+def _mvm(state, ref_state, use_ref, vec, transpose, dac_bits, inp_bound, adc_bits, out_bound, out_noise,
+         noise_management, bound_management, max_bm_rounds, rng, normal_table, codes, counters, first_sum, given):
+    """mvm; when `given`, first_sum holds the first pass's analog sum (the sum of the DAC inputs at f = 1, computed
+    outside, e.g. for a whole batch at once), used instead of summing here. Repeated passes are summed here."""
     rows, cols = state.shape
     n_in = rows if transpose else cols
     n_out = cols if transpose else rows
     dac_max = (1 << (dac_bits - 1)) - 1
     adc_max = (1 << (adc_bits - 1)) - 1
     out_step = out_bound / adc_max
-    nm = 1.0
-    if noise_management == NM_ABS_MAX:
-        vmax = 0.0
-        for k in range(n_in):
-            vmax = max(vmax, abs(vec[k]))
-        if vmax == 0.0:
-            codes[:] = 0
-            return 0.0
-        nm = vmax / inp_bound
+    nm = _noise_factor(vec, n_in, inp_bound, noise_management)
+    if nm == 0.0:
+        codes[:] = 0
+        return 0.0
     u = np.empty(n_in)
     y = np.empty(n_out)
     f = 1.0
     rounds = 0
     while True:
-        per_code = inp_bound / dac_max
-        to_code = dac_max / (nm * f * inp_bound)
-        for k in range(n_in):
-            c = round_half_away(vec[k] * to_code)
-            u[k] = min(max(c, -dac_max), dac_max) * per_code
-        one = _single_input(u)
-        if one >= 0:
-            _analog_mvm_one(state, ref_state, use_ref, u, transpose, one, y)
+        if given and rounds == 0:
+            y[:] = first_sum
         else:
-            _analog_mvm(state, ref_state, use_ref, u, transpose, y)
+            _dac(vec, n_in, dac_max, inp_bound, nm, f, u)
+            one = _single_input(u)
+            if one >= 0:
+                _analog_mvm_one(state, ref_state, use_ref, u, transpose, one, y)
+            else:
+                _analog_mvm(state, ref_state, use_ref, u, transpose, y)
         counters[C_MVM_BACKWARD if transpose else C_MVM_FORWARD] += 1
         counters[C_CELL_READS] += rows * cols
         counters[C_DAC] += n_in
@@ -183,6 +209,59 @@ def mvm(state, ref_state, use_ref, vec, transpose, dac_bits, inp_bound, adc_bits
         codes[k] = np.int32(min(max(c, -adc_max), adc_max))
     counters[C_ADC] += n_out
     return out_step * nm * f
+
+
+@njit(cache=True)
+def mvm_batch_inputs(vecs, dac_bits, inp_bound, noise_management, us):
+    """The first pass's DAC inputs of every sample of a batch (us[b], input units, f = 1; zeros where the input is
+    all zero under abs-max, which makes no pass). Returns how many samples have more than one nonzero input (0: the
+    batch is one-hot reads, which mvm sums column by column)."""
+    batch, n_in = vecs.shape
+    dac_max = (1 << (dac_bits - 1)) - 1
+    dense = 0
+    for b in range(batch):
+        nm = _noise_factor(vecs[b], n_in, inp_bound, noise_management)
+        if nm == 0.0:
+            us[b, :] = 0.0
+            continue
+        _dac(vecs[b], n_in, dac_max, inp_bound, nm, 1.0, us[b])
+        if _single_input(us[b]) < 0:
+            dense += 1
+    return dense
+
+
+@njit(cache=True)
+def mvm_batch_outputs(state, ref_state, use_ref, vecs, transpose, dac_bits, inp_bound, adc_bits, out_bound,
+                      out_noise, noise_management, bound_management, max_bm_rounds, rng, normal_table, sums, codes,
+                      scales, counters):
+    """mvm_batch given every sample's first-pass analog sum (sums[b], from mvm_batch_inputs' DAC inputs): noise,
+    bound management (its extra passes summed here), ADC, counters, sample by sample in order, so the random stream
+    is mvm_batch's."""
+    for b in range(vecs.shape[0]):
+        scales[b] = _mvm(state, ref_state, use_ref, vecs[b], transpose, dac_bits, inp_bound, adc_bits, out_bound,
+                         out_noise, noise_management, bound_management, max_bm_rounds, rng, normal_table, codes[b],
+                         counters, sums[b], True)
+
+
+def mvm_batch_gemm(state, ref_state, use_ref, vecs, transpose, dac_bits, inp_bound, adc_bits, out_bound, out_noise,
+                   noise_management, bound_management, max_bm_rounds, rng, normal_table, codes, scales, counters):
+    """mvm_batch with the batch's first-pass analog sums as one matrix product (numpy's BLAS): the array's weights
+    are read once per batch instead of once per sample. Everything digital (DAC, noise, bound management, ADC,
+    counters, the random stream) is mvm_batch's; the analog sums may differ from mvm_batch's in the last bits
+    (summation order is physics, as in _analog_mvm), which moves an ADC code only when a sum lies within ~1e-15 of a
+    code boundary. A batch of one-hot reads goes to mvm_batch, whose column sum is cheaper than a product."""
+    batch = vecs.shape[0]
+    n_in = state.shape[0] if transpose else state.shape[1]
+    us = np.empty((batch, n_in))
+    if batch == 0 or mvm_batch_inputs(vecs, dac_bits, inp_bound, noise_management, us) == 0:
+        mvm_batch(state, ref_state, use_ref, vecs, transpose, dac_bits, inp_bound, adc_bits, out_bound, out_noise,
+                  noise_management, bound_management, max_bm_rounds, rng, normal_table, codes, scales, counters)
+        return
+    w = state - ref_state if use_ref else state
+    sums = us @ w if transpose else us @ w.T
+    mvm_batch_outputs(state, ref_state, use_ref, vecs, transpose, dac_bits, inp_bound, adc_bits, out_bound, out_noise,
+                      noise_management, bound_management, max_bm_rounds, rng, normal_table, np.ascontiguousarray(sums),
+                      codes, scales, counters)
 
 
 @njit(cache=True)
@@ -485,42 +564,73 @@ def stochastic_update_batch(state, params, table_up, table_down, c2c_std, xs, ds
 
 
 @njit(cache=True)
+def _accumulate_row(g, ch, scale, eps_up, eps_down, fire):
+    """mp_update_dense's first pass over one row: ch[j] = sat_i32(ch[j] + clamp(round_half_away(scale g[j]))), and
+    fire[j] where ch[j] is at or past a threshold. round_half_away and sat_i32 are written out branch-free, and the
+    function is its own compilation unit, so the loop vectorises (inlined into the caller it stayed scalar:
+    measured 3.2 against 1.2 ns per cell)."""
+    for j in range(ch.shape[0]):
+        x = scale * g[j]
+        magnitude = abs(x)
+        whole = np.floor(magnitude)
+        whole = whole + 1.0 if magnitude - whole >= 0.5 else whole
+        v = min(max(whole if x >= 0.0 else -whole, -2147483648.0), 2147483647.0)
+        c = min(max(np.int64(ch[j]) + np.int64(v), np.int64(-2147483648)), np.int64(2147483647))
+        ch[j] = np.int32(c)
+        fire[j] = (c <= -eps_down) | (c >= eps_up)
+
+
+@njit(cache=True)
+def _fire_row(state, params, table_up, table_down, c2c_std, ch, fire, i, eps_up, eps_down, max_pulses, rng,
+              normal_table, pulses):
+    """The threshold-and-fire step of mixed precision for the flagged devices of row i, in column order:
+    n = trunc(chi / eps) (eps by chi's sign), capped at max_pulses (> 0), chi -= n eps, |n| pulses, up for n > 0.
+    Returns (pulses, net up pulses)."""
+    total = 0
+    net_up = 0
+    for j in range(ch.shape[0]):
+        if not fire[j]:
+            continue
+        c = np.int64(ch[j])
+        eps = eps_up if c > 0 else eps_down
+        n = div_trunc(c, eps)
+        if max_pulses > 0:
+            n = min(max(n, -max_pulses), max_pulses)
+        ch[j] = np.int32(c - n * eps)
+        if n == 0:
+            continue
+        down = n < 0
+        count = -n if down else n
+        pulse_device(state, params, i, j, count, POLARITY_DOWN if down else POLARITY_UP, table_up, table_down,
+                     c2c_std, rng, normal_table)
+        pulses[i, j, 1 if down else 0] += np.int32(count)
+        total += count
+        net_up += n
+    return total, net_up
+
+
+@njit(cache=True)
 def mp_update_dense(state, params, table_up, table_down, c2c_std, chi, gradient, scale, eps_up_q, eps_down_q,
                     max_pulses, rng, normal_table, device_pulses, counters):
     """Mixed-precision step from a dense gradient (the controller's MAC unit summed d x^T over a mini-batch):
     chi_ij += round(scale * gradient_ij) saturating (scale = -lr 2^F), then the same threshold and pulses as
     mp_update. Returns the pulses applied.
 
-    The threshold-and-fire block repeats mp_update's on purpose: moved into a shared inline helper, this loop ran
-    10x slower (measured: 3.7 ms instead of 0.3 ms per 256 x 785 step)."""
+    Each row takes two passes, so the first vectorises: every chi of the row is accumulated and the devices at or
+    past a threshold are flagged (_accumulate_row: branch-free, no early exit, no compaction, which kept the loop
+    scalar); the second (_fire_row) visits the flagged devices in column order, so the pulses and their draws are
+    exactly those of one pass over the cells. Measured 6.5 -> 1.7 ns per cell on a 256 x 785 step."""
     rows, cols = state.shape
     counters[C_UPDATES] += 1
-    eps_up = np.int64(eps_up_q)
-    eps_down = np.int64(eps_down_q)
     total = 0
     net_up = 0
-    pulses = device_pulses[0]
+    fire = np.empty(cols, np.bool_)
     for i in range(rows):
-        for j in range(cols):
-            v = min(max(round_half_away(scale * gradient[i, j]), -2147483648.0), 2147483647.0)
-            c = np.int64(sat_i32(np.int64(chi[i, j]) + np.int64(v)))
-            if -eps_down < c < eps_up:
-                chi[i, j] = np.int32(c)
-                continue
-            eps = eps_up if c > 0 else eps_down
-            n = div_trunc(c, eps)
-            if max_pulses > 0:
-                n = min(max(n, -max_pulses), max_pulses)
-            chi[i, j] = np.int32(c - n * eps)
-            if n == 0:
-                continue
-            down = n < 0
-            count = -n if down else n
-            pulse_device(state, params, i, j, count, POLARITY_DOWN if down else POLARITY_UP, table_up, table_down,
-                         c2c_std, rng, normal_table)
-            pulses[i, j, 1 if down else 0] += np.int32(count)
-            total += count
-            net_up += n
+        _accumulate_row(gradient[i], chi[i], scale, np.int64(eps_up_q), np.int64(eps_down_q), fire)
+        n, up = _fire_row(state, params, table_up, table_down, c2c_std, chi[i], fire, i, np.int64(eps_up_q),
+                          np.int64(eps_down_q), max_pulses, rng, normal_table, device_pulses[0])
+        total += n
+        net_up += up
     counters[C_PULSES_UP] += (total + net_up) // 2
     counters[C_PULSES_DOWN] += (total - net_up) // 2
     counters[C_ACC_UPDATES] += rows * cols

@@ -6,7 +6,8 @@
 Trains one epoch of the paper's 784-256-128-10 network (batch 64, ID170ZR5000 20 ns, seed 0) per algorithm with
 timers around the controller kernels the tiles call (firmware_model.controller / lowmem, patched in place for the
 run) and around the tiles' host-side work, and reports seconds and shares:
-- forward MVM, backward MVM: controller.mvm_batch (DAC, analog sum, noise, ADC, bound management);
+- forward MVM, backward MVM: controller.mvm_batch_gemm / mvm_batch (DAC, analog sum, noise, ADC, bound
+  management);
 - host BLAS for chi: the mini-batch gradient d^T x that Tile.update_mp_batch forms with numpy before the kernel;
 - update kernels: mp_update_dense, stochastic_update_batch, deterministic_update_batch, apply_counts and the
   memory-light kernels;
@@ -89,6 +90,7 @@ def instrument(timers: Timers):
                 return fn(state, ref_state, use_ref, vecs, transpose, *rest)
         return wrapped
 
+    patch(controller, "mvm_batch_gemm", mvm_batch_of)  # what the tiles call; it may call mvm_batch (one-hot reads)
     patch(controller, "mvm_batch", mvm_batch_of)
     for name in ("mp_update_dense", "stochastic_update_batch", "deterministic_update_batch", "apply_counts"):
         patch(controller, name, timed("update kernels"))
