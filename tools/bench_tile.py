@@ -11,6 +11,18 @@ Timings are the median of 5 blocks (each of --updates updates; the MLP: 3 blocks
 - samples_per_s: the 784-256-128-10 sigmoid MLP (bias as an extra input column), forward + backward + pulsed `sgd`
   update of every layer, ID170ZR5000 20 ns card, lr 0.05, batch 1, random inputs (aihwkit: about 400).
 - the same shapes with plain numpy float64 in the same run, as the reference ratio.
+
+Side by side with IBM aihwkit (optional; aihwkit needs torch, so it runs in its own virtual environment made by
+tools/aihwkit_venv.sh, through tools/bench_aihwkit.py in a subprocess):
+
+    python tools/bench_tile.py --aihwkit .aihwkit-venv/bin/python [--rounds 3] [--mnist DIR] [--json]
+
+runs, in each round, edgelearn's and then aihwkit's two workloads: the tile update above, and a mixed-precision
+epoch of the 784-256-128-10 network (batch 64, lr 0.5, --epoch-samples training samples, then a forward-only pass
+over a quarter as many, as an epoch of 48k training and 12k validation samples; edgelearn on the ID170ZR5000 20 ns
+card, aihwkit on its SoftBoundsDevice in a MixedPrecisionCompound with one tile per layer and the bias on the
+crossbar, as edgelearn). The rounds alternate so both see the same machine load; reported: per-round ratios and
+their median.
 """
 
 from __future__ import annotations
@@ -22,7 +34,10 @@ for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MK
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -149,13 +164,109 @@ def time_mlp(n_samples: int, card) -> tuple[float, float]:
     return rate(tiles), rate(floats)
 
 
+def time_mp_epoch(n_samples: int, mnist: str | None = None, seed: int = 0) -> dict:
+    """edgelearn's side of the side-by-side epoch: the paper network, mixed precision, ID170ZR5000 20 ns, batch 64,
+    lr 0.5, through the training code's own steps (network.gradients, algorithm.update, network.accuracy). One
+    warm-up batch, then n_samples training samples and a forward-only pass over n_samples // 4 evaluation samples.
+    Data: MNIST's first training images (with `mnist`) or seeded random inputs in [0, 1] with random labels."""
+    from edgelearn.train import TrainConfig, build
+
+    n_eval = n_samples // 4
+    if mnist:
+        from edgelearn.datasets import load_mnist
+
+        data = load_mnist(mnist)
+        take = np.arange(n_samples + n_eval) % len(data.train)
+        xs, ys = data.train.x[take], data.train.y[take]
+    else:
+        rng = np.random.default_rng(seed)
+        xs, ys = rng.uniform(0.0, 1.0, (n_samples + n_eval, LAYERS[0])), rng.integers(0, 10, n_samples + n_eval)
+    config = TrainConfig(card="ID170ZR5000-20ns", algorithm="mp", network="paper", batch_size=64, lr=0.5, seed=seed,
+                         data_dir=mnist or ".")
+    network, algorithm, _ = build(config)
+    algorithm.prepare(network)
+
+    def train_batch(x, y):
+        _, _, grads = network.gradients(x, y)
+        for layer, (inputs, deltas) in zip(network.layers, grads):
+            algorithm.update(layer, inputs, deltas, config.lr)
+
+    train_batch(xs[:64], ys[:64])  # warm-up
+    start = time.perf_counter()
+    for k in range(0, n_samples, 64):
+        train_batch(xs[k:min(k + 64, n_samples)], ys[k:min(k + 64, n_samples)])
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    accuracy = network.accuracy(xs[n_samples:], ys[n_samples:]) if n_eval else None
+    eval_s = time.perf_counter() - start
+    return {"samples": n_samples, "eval_samples": n_eval, "samples_per_s": n_samples / (train_s + eval_s),
+            "train_samples_per_s": n_samples / train_s, "train_s": train_s, "eval_s": eval_s,
+            "eval_accuracy": accuracy, "data": "mnist" if mnist else "random"}
+
+
+def run_aihwkit(python: str, updates: int, samples: int, mnist: str | None) -> dict:
+    """tools/bench_aihwkit.py --json under the aihwkit venv's python; a one-line error if it cannot run."""
+    script = Path(__file__).resolve().parent / "bench_aihwkit.py"
+    command = [python, str(script), "--json", "--updates", str(updates), "--samples", str(samples)]
+    if mnist:
+        command += ["--mnist", mnist]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise SystemExit(f"bench_tile: --aihwkit {python}: cannot run it ({exc.strerror})") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"bench_tile: --aihwkit {python}: bench_aihwkit.py exited {done.returncode}: {last}")
+    return json.loads(done.stdout)
+
+
+def side_by_side(args) -> dict:
+    """Alternating rounds of edgelearn's and aihwkit's tile update and mixed-precision epoch."""
+    rounds = []
+    for _ in range(args.rounds):
+        ns_tile, _, _ = time_updates(Tile(soft_bounds_reference(), ROWS, COLS, seed=0, variation=NO_VARIATION),
+                                     args.updates, lr=0.01)
+        epoch = time_mp_epoch(args.epoch_samples, args.mnist)
+        theirs = run_aihwkit(args.aihwkit, args.updates, args.epoch_samples, args.mnist)
+        rounds.append({"edgelearn": {"tile_ns_per_cell": ns_tile, "mp_epoch": epoch},
+                       "aihwkit": {"tile_ns_per_cell": theirs["tile"]["ns_per_cell_median"], "mp_epoch": theirs["mlp"]},
+                       "tile_speedup": theirs["tile"]["ns_per_cell_median"] / ns_tile,
+                       "epoch_speedup": epoch["samples_per_s"] / theirs["mlp"]["samples_per_s"]})
+        versions = {k: theirs.get(k) for k in ("aihwkit_version", "torch_version")}
+    return {"rounds": rounds, **versions, "threads": 1,
+            "tile_speedup_median": statistics.median(r["tile_speedup"] for r in rounds),
+            "epoch_speedup_median": statistics.median(r["epoch_speedup"] for r in rounds),
+            "epoch_samples": args.epoch_samples, "updates_per_block": args.updates}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=200, help="timed tile updates per block (>= 200)")
     parser.add_argument("--samples", type=int, default=2000, help="timed MLP training samples")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--aihwkit", metavar="PYTHON", help="side by side with aihwkit: the python of a venv made by "
+                        "tools/aihwkit_venv.sh")
+    parser.add_argument("--rounds", type=int, default=3, help="side-by-side rounds (default 3)")
+    parser.add_argument("--epoch-samples", type=int, default=6400, help="training samples of the side-by-side epoch")
+    parser.add_argument("--mnist", metavar="DIR", help="side by side: MNIST images instead of random inputs")
     args = parser.parse_args()
     card = load_card("ID170ZR5000-20ns")
+    if args.aihwkit:
+        result = side_by_side(args)
+        if args.json:
+            print(json.dumps(result, indent=2))
+            return 0
+        print(f"edgelearn vs aihwkit {result['aihwkit_version']} (torch {result['torch_version']}), one thread, "
+              f"{args.rounds} alternating rounds")
+        print(f"{'round':>5s} {'tile ns/cell':>14s} {'aihwkit':>8s} {'speedup':>8s} {'mp epoch samples/s':>19s} "
+              f"{'aihwkit':>8s} {'speedup':>8s}")
+        for k, r in enumerate(result["rounds"]):
+            print(f"{k + 1:5d} {r['edgelearn']['tile_ns_per_cell']:14.2f} {r['aihwkit']['tile_ns_per_cell']:8.2f} "
+                  f"{r['tile_speedup']:8.2f} {r['edgelearn']['mp_epoch']['samples_per_s']:19.0f} "
+                  f"{r['aihwkit']['mp_epoch']['samples_per_s']:8.0f} {r['epoch_speedup']:8.2f}")
+        print(f"median speedup: tile update {result['tile_speedup_median']:.2f}x, mixed-precision epoch "
+              f"{result['epoch_speedup_median']:.2f}x")
+        return 0
     ref_tile = Tile(soft_bounds_reference(), ROWS, COLS, seed=0, variation=NO_VARIATION)
     ns_ref, ns_ref_best, pulses_ref = time_updates(ref_tile, args.updates, lr=0.01)
     ns_card, _, pulses_card = time_updates(Tile(card, ROWS, COLS, seed=0), args.updates, lr=0.01)
