@@ -182,6 +182,7 @@ class Tile:
             variation = card.variation if isinstance(card, DeviceCard) else DeviceVariation.none()
         self.card_id = card.card_id if isinstance(card, DeviceCard) else "model"
         self.model, self.variation = model, variation
+        self._granularity = None
         self.rows, self.cols, self.seed = rows, cols, seed
         self.c2c_std = model.dw_min_std if c2c_std is None else float(c2c_std)
         self.periphery = periphery or PeripheryConfig()
@@ -387,8 +388,11 @@ class Tile:
 
     @property
     def granularity(self) -> float:
-        """Mean of the up and down step at w = 0 of the nominal device (the card's epsilon)."""
-        return self.model.granularity
+        """Mean of the up and down step at w = 0 of the nominal device (the card's epsilon). Computed once: the
+        model is fixed for the tile's life, and mixed precision asks for it on every update."""
+        if self._granularity is None:
+            self._granularity = self.model.granularity
+        return self._granularity
 
     # -- calibration -----------------------------------------------------------------------------------------------
     def calibrate_symmetry(self, window: int = 20, max_pairs: int = 5000, tolerance: float | None = None,

@@ -28,9 +28,22 @@ their median.
 from __future__ import annotations
 
 import os
+import sys
 
+
+def _threads_argument(argv) -> str:
+    """--threads N (default 1), read before numpy and numba are imported: they size their pools at import."""
+    for k, arg in enumerate(argv):
+        if arg == "--threads" and k + 1 < len(argv):
+            return argv[k + 1]
+        if arg.startswith("--threads="):
+            return arg.split("=", 1)[1]
+    return "1"
+
+
+THREADS = _threads_argument(sys.argv[1:])
 for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"
+    os.environ[_var] = THREADS
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -239,6 +252,23 @@ def side_by_side(args) -> dict:
             "epoch_samples": args.epoch_samples, "updates_per_block": args.updates}
 
 
+def thread_scaling(args) -> dict:
+    """The mixed-precision epoch in subprocesses of this script on 1 and on args.thread_scaling threads, alternating,
+    args.rounds times: samples/s per round and the median ratio."""
+    rounds = []
+    for _ in range(args.rounds):
+        rates = {}
+        for threads in (1, args.thread_scaling):
+            command = [sys.executable, __file__, "--epoch", "--json", "--rounds", "1", "--threads", str(threads),
+                       "--epoch-samples", str(args.epoch_samples)] + (["--mnist", args.mnist] if args.mnist else [])
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            rates[str(threads)] = json.loads(done.stdout)["samples_per_s"]
+        rates["ratio"] = rates[str(args.thread_scaling)] / rates["1"]
+        rounds.append(rates)
+    return {"rounds": rounds, "ratio_median": statistics.median(r["ratio"] for r in rounds),
+            "threads": args.thread_scaling, "epoch_samples": args.epoch_samples}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=200, help="timed tile updates per block (>= 200)")
@@ -249,7 +279,28 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="side-by-side rounds (default 3)")
     parser.add_argument("--epoch-samples", type=int, default=6400, help="training samples of the side-by-side epoch")
     parser.add_argument("--mnist", metavar="DIR", help="side by side: MNIST images instead of random inputs")
+    parser.add_argument("--threads", type=int, default=1, help="numba and BLAS threads of this process (default 1)")
+    parser.add_argument("--epoch", action="store_true", help="only the mixed-precision epoch (--epoch-samples), "
+                        "best of --rounds")
+    parser.add_argument("--thread-scaling", type=int, metavar="N", help="the mixed-precision epoch on 1 and on N "
+                        "threads, in alternating subprocesses (--rounds each): samples/s and their ratio")
     args = parser.parse_args()
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
+    if args.epoch:
+        runs = [time_mp_epoch(args.epoch_samples, args.mnist) for _ in range(args.rounds)]
+        best = max(runs, key=lambda r: r["samples_per_s"])
+        best["threads"] = args.threads
+        print(json.dumps(best, indent=2) if args.json else f"mixed-precision epoch, {args.threads} thread(s): "
+              f"{best['samples_per_s']:.0f} samples/s (best of {args.rounds})")
+        return 0
+    if args.thread_scaling:
+        result = thread_scaling(args)
+        print(json.dumps(result, indent=2) if args.json else
+              "\n".join(f"round {k + 1}: 1 thread {r['1']:.0f}, {args.thread_scaling} threads "
+                         f"{r[str(args.thread_scaling)]:.0f} samples/s, ratio {r['ratio']:.2f}"
+                         for k, r in enumerate(result["rounds"])) + f"\nmedian ratio {result['ratio_median']:.2f}")
+        return 0
     card = load_card("ID170ZR5000-20ns")
     if args.aihwkit:
         result = side_by_side(args)
@@ -278,7 +329,7 @@ def main() -> int:
                   ns_per_cell_mp_update_card=ns_mp, pulses_per_mp_update_card=pulses_mp,
                   numpy_ns_per_cell_update=ns_numpy, samples_per_s=samples, numpy_samples_per_s=samples_numpy,
                   aihwkit_ns_per_cell_update=9.7, aihwkit_samples_per_s=400.0, tile=f"{ROWS}x{COLS}",
-                  updates_per_block=args.updates, blocks=5, samples=args.samples, threads=1)
+                  updates_per_block=args.updates, blocks=5, samples=args.samples, threads=args.threads)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

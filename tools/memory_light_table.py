@@ -77,6 +77,11 @@ def one(job):
                        overwrite=run_dir is not None and not resume)
         summary = json.loads(result.to_json())
     print(f"done: {label} {card} seed {seed}: {summary['test_accuracy']:.4f}", file=sys.stderr, flush=True)
+    return row_of(summary, label, card, seed, algorithm)
+
+
+def row_of(summary: dict, label: str, card: str, seed: int, algorithm: str) -> dict:
+    """One table row from a run's summary.json: accuracy, epochs to target, SRAM, pulses, energy."""
     epochs = summary["epochs"]
     row = dict(label=label, card=card if algorithm != "digital" else "-", seed=seed, test=summary["test_accuracy"],
                wall_s=summary["wall_s"],
@@ -96,6 +101,33 @@ def one(job):
     return row
 
 
+SWEEP_LABELS = {"mp": "mp, χ int32", "mp-int8": "mp, χ int8", "ttv2": "ttv2, H int8", "c-ttv2": "c-ttv2, H int8",
+                "agad": "agad, H int8", "sgd": "sgd", "sp-shift": "sp-shift", "digital": "digital (float64)"}
+
+
+def sweep_rows(out: Path) -> tuple[list, str]:
+    """Rows of every finished run of a memory-light sweep directory, in the spec's order; and a note on how many
+    runs are finished and their summed wall time."""
+    try:
+        keys = json.loads((out / "sweep.json").read_text())["runs"]
+    except (OSError, ValueError, KeyError):
+        raise SystemExit(f"memory_light_table: {out}: not a sweep directory (no readable sweep.json)") from None
+    rows, wall = [], 0.0
+    for key in keys:
+        run = out / "runs" / key
+        if not (run / "summary.json").is_file():
+            continue
+        axes = json.loads((run / "config.json").read_text())["axes"]
+        summary = json.loads((run / "summary.json").read_text())
+        algorithm = summary["config"]["algorithm"]
+        label = SWEEP_LABELS.get(axes.get("method"), axes.get("method") or algorithm)
+        rows.append(row_of(summary, label, axes.get("card") or "-", axes.get("seed", 0), algorithm))
+        wall += summary["wall_s"]
+    if not rows:
+        raise SystemExit(f"memory_light_table: {out}: no finished runs yet")
+    return rows, f"{len(rows)} of {len(keys)} runs finished, {wall / 3600:.1f} h of run time in all"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cards", nargs="+", default=["ID170ZR5000-20ns", "ID170ZR5000-200us"])
@@ -109,28 +141,40 @@ def main(argv=None) -> int:
     parser.add_argument("--paper", action="store_true", help="the paper's network on all 48k images, 25 epochs, "
                         "seed 0 (about 40 minutes with two jobs)")
     parser.add_argument("--print", action="store_true", help="print the block instead of rewriting the doc")
+    parser.add_argument("--sweep", metavar="DIR", help="tabulate the finished runs of a memory-light sweep "
+                        "(`edgelearn sweep run memory-light --out DIR`) instead of running anything")
     args = parser.parse_args(argv)
     block_name = "memory-light"
     if args.paper:
         args.network, args.samples, args.epochs, args.seeds, block_name = "paper", None, 25, [0], "memory-light-paper"
     t0 = time.perf_counter()
-    jobs = []
-    for card in args.cards:
-        for label, algorithm, extra in METHODS:
-            if algorithm == "digital" and card != args.cards[0]:
-                continue
-            jobs += [(label, algorithm, extra, card, args, seed) for seed in args.seeds]
-    with ProcessPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(one, jobs))
+    if args.sweep:
+        rows, about = sweep_rows(Path(args.sweep))
+        block_name = "memory-light-sweep"
+        command = "edgelearn sweep run memory-light --out DIR && python tools/memory_light_table.py --sweep DIR"
+        args.seeds = sorted({r["seed"] for r in rows})
+        head = f"`{command}` ({about}): "
+    else:
+        jobs = []
+        for card in args.cards:
+            for label, algorithm, extra in METHODS:
+                if algorithm == "digital" and card != args.cards[0]:
+                    continue
+                jobs += [(label, algorithm, extra, card, args, seed) for seed in args.seeds]
+        with ProcessPoolExecutor(args.jobs) as pool:
+            rows = list(pool.map(one, jobs))
+        command = "python tools/memory_light_table.py" + (" --paper" if args.paper else "")
+        head = f"`{command}` ({time.perf_counter() - t0:.0f} s with {args.jobs} jobs on a 2-core machine): "
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["card"], r["label"]), []).append(r)
     samples = "all 48,000" if args.samples is None else f"the first {args.samples:,}"
-    command = "python tools/memory_light_table.py" + (" --paper" if args.paper else "")
     spread = "mean [min, max] over the seeds" if len(args.seeds) > 1 else "one seed: no interval"
-    lines = [f"`{command}` ({time.perf_counter() - t0:.0f} s with {args.jobs} jobs on a 2-core machine): network "
-             f"{args.network}, {samples} training images, {args.epochs} epochs, batch 64, seeds "
-             f"{', '.join(map(str, args.seeds))}; test accuracy on the 10,000 test images (out of sample), {spread}. "
+    lines = [head + (f"network {args.network}, {samples} training images, {args.epochs} epochs, " if not args.sweep
+                     else "the spec's runs (traces/sweeps/memory-light.toml: the paper's network, all 48,000 "
+                          "training images, 25 epochs), ") +
+             f"batch 64, seeds {', '.join(map(str, args.seeds))}; test accuracy on the 10,000 test images (out of "
+             f"sample), {spread}. "
              f"Epochs to {TARGET:.0%} validation accuracy ('-': not reached). SRAM: the algorithm's own state (χ, H, "
              "chopper, references; the digital baseline's float32 weights) and the whole controller (with one "
              "batch's activations and deltas). Energy under the `table` model (the `schottky-bound` upper bound in "
