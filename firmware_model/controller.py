@@ -48,6 +48,8 @@ COUNTER_NAMES = ("pulses_up", "pulses_down", "calibration_pulses_up", "calibrati
 
 NM_NONE = 0
 NM_ABS_MAX = 1
+BM_MARGIN = 8.0  # mvm_batch_gemm sums a bound-management repeat ahead when a sample's noise-free outputs come
+                 # within this many output-noise deviations of out_bound
 
 
 @njit(cache=True, inline="always")
@@ -132,7 +134,8 @@ def mvm(state, ref_state, use_ref, vec, transpose, dac_bits, inp_bound, adc_bits
     gives zero codes and scale 0 (no pass); without it the pass runs as for any input.
     """
     return _mvm(state, ref_state, use_ref, vec, transpose, dac_bits, inp_bound, adc_bits, out_bound, out_noise,
-                noise_management, bound_management, max_bm_rounds, rng, normal_table, codes, counters, vec, False)
+                noise_management, bound_management, max_bm_rounds, rng, normal_table, codes, counters,
+                np.empty((0, 0)), np.empty(0, np.bool_))
 
 
 @njit(cache=True)
@@ -160,9 +163,9 @@ def _dac(vec, n_in, dac_max, inp_bound, nm, f, u):
 
 @njit(cache=True)
 def _mvm(state, ref_state, use_ref, vec, transpose, dac_bits, inp_bound, adc_bits, out_bound, out_noise,
-         noise_management, bound_management, max_bm_rounds, rng, normal_table, codes, counters, first_sum, given):
-    """mvm; when `given`, first_sum holds the first pass's analog sum (the sum of the DAC inputs at f = 1, computed
-    outside, e.g. for a whole batch at once), used instead of summing here. Repeated passes are summed here."""
+         noise_management, bound_management, max_bm_rounds, rng, normal_table, codes, counters, sums, given):
+    """mvm; where given[r], sums[r] holds the analog sum of pass r (the DAC inputs at f = 2^r, computed outside,
+    e.g. for a whole batch at once), used instead of summing here; other passes are summed here."""
     rows, cols = state.shape
     n_in = rows if transpose else cols
     n_out = cols if transpose else rows
@@ -178,8 +181,8 @@ def _mvm(state, ref_state, use_ref, vec, transpose, dac_bits, inp_bound, adc_bit
     f = 1.0
     rounds = 0
     while True:
-        if given and rounds == 0:
-            y[:] = first_sum
+        if rounds < given.shape[0] and given[rounds]:
+            y[:] = sums[rounds]
         else:
             _dac(vec, n_in, dac_max, inp_bound, nm, f, u)
             one = _single_input(u)
@@ -212,10 +215,10 @@ def _mvm(state, ref_state, use_ref, vec, transpose, dac_bits, inp_bound, adc_bit
 
 
 @njit(cache=True)
-def mvm_batch_inputs(vecs, dac_bits, inp_bound, noise_management, us):
-    """The first pass's DAC inputs of every sample of a batch (us[b], input units, f = 1; zeros where the input is
-    all zero under abs-max, which makes no pass). Returns how many samples have more than one nonzero input (0: the
-    batch is one-hot reads, which mvm sums column by column)."""
+def mvm_batch_inputs(vecs, dac_bits, inp_bound, noise_management, f, us):
+    """The DAC inputs of every sample of a batch for the pass at bound-management factor f (us[b], input units;
+    zeros where the input is all zero under abs-max, which makes no pass). Returns how many samples have more than
+    one nonzero input (0: the batch is one-hot reads, which mvm sums column by column)."""
     batch, n_in = vecs.shape
     dac_max = (1 << (dac_bits - 1)) - 1
     dense = 0
@@ -224,7 +227,7 @@ def mvm_batch_inputs(vecs, dac_bits, inp_bound, noise_management, us):
         if nm == 0.0:
             us[b, :] = 0.0
             continue
-        _dac(vecs[b], n_in, dac_max, inp_bound, nm, 1.0, us[b])
+        _dac(vecs[b], n_in, dac_max, inp_bound, nm, f, us[b])
         if _single_input(us[b]) < 0:
             dense += 1
     return dense
@@ -232,36 +235,59 @@ def mvm_batch_inputs(vecs, dac_bits, inp_bound, noise_management, us):
 
 @njit(cache=True)
 def mvm_batch_outputs(state, ref_state, use_ref, vecs, transpose, dac_bits, inp_bound, adc_bits, out_bound,
-                      out_noise, noise_management, bound_management, max_bm_rounds, rng, normal_table, sums, codes,
-                      scales, counters):
-    """mvm_batch given every sample's first-pass analog sum (sums[b], from mvm_batch_inputs' DAC inputs): noise,
-    bound management (its extra passes summed here), ADC, counters, sample by sample in order, so the random stream
-    is mvm_batch's."""
+                      out_noise, noise_management, bound_management, max_bm_rounds, rng, normal_table, sums, given,
+                      codes, scales, counters):
+    """mvm_batch given analog sums computed outside: sums[r, b] is sample b's sum at pass r (DAC inputs from
+    mvm_batch_inputs at f = 2^r), where given[r, b]; the other passes are summed here. Noise, bound management, ADC
+    and counters run sample by sample in order, so the random stream is mvm_batch's."""
     for b in range(vecs.shape[0]):
         scales[b] = _mvm(state, ref_state, use_ref, vecs[b], transpose, dac_bits, inp_bound, adc_bits, out_bound,
                          out_noise, noise_management, bound_management, max_bm_rounds, rng, normal_table, codes[b],
-                         counters, sums[b], True)
+                         counters, sums[:, b], given[:, b])
 
 
 def mvm_batch_gemm(state, ref_state, use_ref, vecs, transpose, dac_bits, inp_bound, adc_bits, out_bound, out_noise,
                    noise_management, bound_management, max_bm_rounds, rng, normal_table, codes, scales, counters):
-    """mvm_batch with the batch's first-pass analog sums as one matrix product (numpy's BLAS): the array's weights
-    are read once per batch instead of once per sample. Everything digital (DAC, noise, bound management, ADC,
-    counters, the random stream) is mvm_batch's; the analog sums may differ from mvm_batch's in the last bits
-    (summation order is physics, as in _analog_mvm), which moves an ADC code only when a sum lies within ~1e-15 of a
-    code boundary. A batch of one-hot reads goes to mvm_batch, whose column sum is cheaper than a product."""
+    """mvm_batch with the batch's analog sums as matrix products (numpy's BLAS): the array's weights are read once
+    per batch and pass instead of once per sample. Everything digital (DAC, noise, bound management, ADC, counters,
+    the random stream) is mvm_batch's; the analog sums may differ from mvm_batch's in the last bits (summation order
+    is physics, as in _analog_mvm), which moves an ADC code only when a sum lies within ~1e-15 of a code boundary.
+
+    Bound management repeats a sample's pass at f = 2, 4, ... when a noisy output exceeds out_bound, which is only
+    known sample by sample (the noise comes from the one sequential stream). The sums of a repeat do not depend on
+    the noise, so they are computed ahead, as products over the samples that may need them: those whose noise-free
+    sums of the pass before come within BM_MARGIN output-noise deviations of out_bound. A sample that repeats
+    without having been foreseen (the noise beyond that margin) is summed per sample in mvm_batch_outputs, as are
+    all sums of a batch of one-hot reads, whose column sum is cheaper than a product."""
     batch = vecs.shape[0]
-    n_in = state.shape[0] if transpose else state.shape[1]
+    n_in, n_out = (state.shape[0], state.shape[1]) if transpose else (state.shape[1], state.shape[0])
     us = np.empty((batch, n_in))
-    if batch == 0 or mvm_batch_inputs(vecs, dac_bits, inp_bound, noise_management, us) == 0:
+    if batch == 0 or mvm_batch_inputs(vecs, dac_bits, inp_bound, noise_management, 1.0, us) == 0:
         mvm_batch(state, ref_state, use_ref, vecs, transpose, dac_bits, inp_bound, adc_bits, out_bound, out_noise,
                   noise_management, bound_management, max_bm_rounds, rng, normal_table, codes, scales, counters)
         return
     w = state - ref_state if use_ref else state
-    sums = us @ w if transpose else us @ w.T
+    passes = [us @ w if transpose else us @ w.T]
+    chosen = [np.arange(batch)]
+    if bound_management:
+        reach = out_bound - BM_MARGIN * out_noise
+        for r in range(1, max_bm_rounds + 1):
+            near = np.abs(passes[-1]).max(axis=1) > reach
+            if not near.any():
+                break
+            pick = chosen[-1][near]
+            us = np.empty((pick.shape[0], n_in))
+            mvm_batch_inputs(vecs[pick], dac_bits, inp_bound, noise_management, 2.0 ** r, us)
+            passes.append(us @ w if transpose else us @ w.T)
+            chosen.append(pick)
+    sums = np.zeros((len(passes), batch, n_out))
+    given = np.zeros((len(passes), batch), np.bool_)
+    for r, (pick, values) in enumerate(zip(chosen, passes)):
+        sums[r, pick] = values
+        given[r, pick] = True
     mvm_batch_outputs(state, ref_state, use_ref, vecs, transpose, dac_bits, inp_bound, adc_bits, out_bound, out_noise,
-                      noise_management, bound_management, max_bm_rounds, rng, normal_table, np.ascontiguousarray(sums),
-                      codes, scales, counters)
+                      noise_management, bound_management, max_bm_rounds, rng, normal_table, sums, given, codes,
+                      scales, counters)
 
 
 @njit(cache=True)

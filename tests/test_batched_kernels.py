@@ -31,11 +31,15 @@ def both(state, ref_state, use_ref, vecs, transpose, args, seed):
     return out
 
 
+@pytest.mark.parametrize("margin", [ctl.BM_MARGIN, 0.0])
 @pytest.mark.parametrize("use_ref", [False, True])
 @pytest.mark.parametrize("transpose", [False, True])
 @pytest.mark.parametrize("nm_mode", [ctl.NM_NONE, ctl.NM_ABS_MAX])
-def test_mvm_batch_gemm_equals_mvm_batch(transpose, nm_mode, use_ref):
-    """Same codes, scales, random stream and counters, with noise, bound-management repeats and all-zero inputs."""
+def test_mvm_batch_gemm_equals_mvm_batch(transpose, nm_mode, use_ref, margin, monkeypatch):
+    """Same codes, scales, random stream and counters, with noise, bound-management repeats and all-zero inputs;
+    with the default margin the repeats are summed ahead, with none the noise pushes some samples over unforeseen
+    and their repeats are summed per sample."""
+    monkeypatch.setattr(ctl, "BM_MARGIN", margin)
     repeats = 0
     for seed, (rows, cols) in enumerate([(7, 13), (64, 129), (256, 785)]):
         rng = np.random.default_rng([600, seed, int(transpose), nm_mode, int(use_ref)])
@@ -64,16 +68,16 @@ def test_mvm_batch_gemm_one_hot_reads_and_first_pass_sums():
     vecs = np.zeros((5, 40))
     vecs[np.arange(5), [0, 7, 7, 39, 12]] = [1.0, -0.5, 2.0, 0.25, 1.0]
     us = np.empty_like(vecs)
-    assert ctl.mvm_batch_inputs(vecs, 6, 1.0, ctl.NM_ABS_MAX, us) == 0
+    assert ctl.mvm_batch_inputs(vecs, 6, 1.0, ctl.NM_ABS_MAX, 1.0, us) == 0
     args = (6, 1.0, 9, 4.0, 0.02, ctl.NM_ABS_MAX, True, 4)
     (c0, s0, g0, n0), (c1, s1, g1, n1) = both(state, state, False, vecs, False, args, 3)
     for a, b in zip((c0, s0, g0, n0), (c1, s1, g1, n1)):
         np.testing.assert_array_equal(a, b)
     dense = rng.normal(0.0, 1.0, (4, 40))
-    assert ctl.mvm_batch_inputs(dense, 6, 1.0, ctl.NM_ABS_MAX, np.empty_like(dense)) == 4
+    assert ctl.mvm_batch_inputs(dense, 6, 1.0, ctl.NM_ABS_MAX, 1.0, np.empty_like(dense)) == 4
     y = np.empty(32)
     us = np.empty_like(dense)
-    ctl.mvm_batch_inputs(dense, 6, 1.0, ctl.NM_ABS_MAX, us)
+    ctl.mvm_batch_inputs(dense, 6, 1.0, ctl.NM_ABS_MAX, 1.0, us)
     for b in range(4):
         ctl._analog_mvm(state, state, False, us[b], False, y)
         np.testing.assert_allclose(us[b] @ state.T, y, rtol=0, atol=1e-12)
