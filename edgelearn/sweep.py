@@ -31,7 +31,8 @@ THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "M
 
 
 class Match(BaseModel):
-    """Settings tied to a combination of axis values: [[match]] where = {card = "X", method = ["a", "b"]} set = {...}."""
+    """Settings tied to a combination of axis values:
+    [[match]] where = {card = "X", method = ["a", "b"]}, set = {...}."""
 
     model_config = ConfigDict(extra="forbid")
     where: dict[str, Any] = Field(min_length=1, description="axis -> value or list of values, all of which must hold")

@@ -49,6 +49,9 @@ METHODS = [
 TARGET = 0.95
 # transfer settings per card where the 20 ns ones are not the best (a small grid at 200 us: 784-64-10, 6000 images,
 # 2 epochs; its granularity, 0.14, is twice the 20 ns card's, and the fast array's lr follows)
+# on the paper's network the grid's transfer_lr let the slow weights random-walk (docs/algorithms.md, "Why"): --paper
+# and traces/sweeps/memory-light.toml use a tenth of it
+PAPER_TRANSFER = 0.1
 PER_CARD = {"ID170ZR5000-200us": {"ttv2": {"fast_lr": 100.0, "transfer_lr": 0.3},
                                   "c-ttv2": {"fast_lr": 100.0, "transfer_lr": 0.1},
                                   "agad": {"fast_lr": 100.0, "transfer_lr": 0.1}}}
@@ -64,7 +67,10 @@ def one(job):
         fields["card"] = card
     fields.update(extra)
     if algorithm in PER_CARD.get(card, {}):
-        fields["transfer"] = PER_CARD[card][algorithm]
+        fields["transfer"] = dict(PER_CARD[card][algorithm])
+    if args.paper and "transfer" in fields:  # the sweep spec's settings: a tenth of the grid's transfer_lr
+        tenth = round(fields["transfer"]["transfer_lr"] * PAPER_TRANSFER, 12)
+        fields["transfer"] = {**fields["transfer"], "transfer_lr": tenth}
     run_dir = None
     if args.out:
         slug = f"{card if algorithm != 'digital' else 'digital'}-{label}-seed{seed}"

@@ -59,22 +59,26 @@ def diagnose(run: Path) -> dict:
                 break
             layers.append(figures)
     return {"run": run.name, "card": config["card"], "algorithm": config["algorithm"],
-            "chi_bits": (config.get("pulses") or {}).get("chi_bits"), "test_accuracy": summary["test_accuracy"],
+            "chi_bits": (config.get("pulses") or {}).get("chi_bits"), "transfer": config.get("transfer"),
+            "test_accuracy": summary["test_accuracy"],
             "epochs": len(summary["epochs"]), "layers": layers}
 
 
 def table(rows: list[dict]) -> str:
     n = max(len(r["layers"]) for r in rows)
-    head = ("| card | method | test accuracy | " + " | ".join(f"layer {k}: C mean \\|w\\|, near a bound" for k in
-                                                            range(n))
-            + " | " + " | ".join(f"layer {k}: A std, H saturated" for k in range(n)) + " |")
-    lines = [head, "|" + "---|" * (3 + 2 * n)]
+    c_heads = [f"layer {k}: C mean \\|w\\|, near a bound" for k in range(n)]
+    a_heads = [f"layer {k}: A std, H saturated" for k in range(n)]
+    head = ("| card | method (fast_lr / transfer_lr) | epochs | test accuracy | " + " | ".join(c_heads) + " | "
+            + " | ".join(a_heads) + " |")
+    lines = [head, "|" + "---|" * (4 + 2 * n)]
     for r in rows:
         method = r["algorithm"] + (f", χ int{r['chi_bits']}" if r["chi_bits"] else "")
+        if r["transfer"]:
+            method += f" ({r['transfer']['fast_lr']:g} / {r['transfer']['transfer_lr']:g})"
         c = [f"{x['c_abs_w']:.2f}, {x['c_at_bound']:.0%}" for x in r["layers"]]
         a = [f"{x['a_std']:.2f}, {x['h_saturated']:.0%}" if "a_std" in x else "-" for x in r["layers"]]
-        lines.append(f"| {r['card']} | {method} | {r['test_accuracy']:.3f} | " + " | ".join(c) + " | "
-                     + " | ".join(a) + " |")
+        lines.append(f"| {r['card']} | {method} | {r['epochs']} | {r['test_accuracy']:.3f} | " + " | ".join(c)
+                     + " | " + " | ".join(a) + " |")
     return "\n".join(lines)
 
 
