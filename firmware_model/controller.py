@@ -21,7 +21,7 @@ from numba import njit
 
 from .crossbar import (P_INV_SPAN, P_SCALE_DOWN, P_SCALE_UP, P_W_MAX, P_W_MIN, POLARITY_DOWN, POLARITY_UP,
                        pulse_device, step_state)
-from .fixed import div_trunc, lowest_set_bit, popcount32, rng_normal, rng_u32, sat_i32, shift_round
+from .fixed import div_trunc, lowest_set_bit, popcount32, rng_normal, rng_u32, shift_round
 
 # counter indices
 C_PULSES_UP = 0          # training pulses, up, trainable devices
@@ -471,38 +471,31 @@ def mp_update(state, params, table_up, table_down, c2c_std, chi, x_q, row_mult, 
     """
     rows, cols = state.shape
     counters[C_UPDATES] += 1
-    eps_up = np.int64(eps_up_q)
-    eps_down = np.int64(eps_down_q)
     total = 0
     net_up = 0
-    pulses = device_pulses[0]
-    for i in range(rows):
-        m = np.int64(row_mult[i])
-        for j in range(cols):
-            acc = np.int64(chi[i, j]) + shift_round(m * np.int64(x_q[j]), 15)
-            c = np.int64(sat_i32(acc))
-            if -eps_down < c < eps_up:  # below threshold: no pulse, no division (the common case)
-                chi[i, j] = np.int32(c)
-                continue
-            eps = eps_up if c > 0 else eps_down
-            n = div_trunc(c, eps)
-            if max_pulses > 0:
-                n = min(max(n, -max_pulses), max_pulses)
-            chi[i, j] = np.int32(c - n * eps)
-            if n == 0:
-                continue
-            down = n < 0
-            count = -n if down else n
-            pulse_device(state, params, i, j, count, POLARITY_DOWN if down else POLARITY_UP, table_up, table_down,
-                         c2c_std, rng, normal_table)
-            pulses[i, j, 1 if down else 0] += np.int32(count)
-            total += count
-            net_up += n
+    fire = np.empty(cols, np.bool_)
+    for i in range(rows):  # two passes per row, as mp_update_dense (the same pulses and draws as one pass)
+        _accumulate_row_q(x_q, np.int64(row_mult[i]), chi[i], np.int64(eps_up_q), np.int64(eps_down_q), fire)
+        n, up = _fire_row(state, params, table_up, table_down, c2c_std, chi[i], fire, i, np.int64(eps_up_q),
+                          np.int64(eps_down_q), max_pulses, rng, normal_table, device_pulses[0])
+        total += n
+        net_up += up
     counters[C_PULSES_UP] += (total + net_up) // 2
     counters[C_PULSES_DOWN] += (total - net_up) // 2
     counters[C_MACS] += rows * cols
     counters[C_ACC_UPDATES] += rows * cols
     return total
+
+
+@njit(cache=True)
+def _accumulate_row_q(x_q, m, ch, eps_up, eps_down, fire):
+    """mp_update's first pass over one row: ch[j] = sat_i32(ch[j] + shift_round(m x_q[j], 15)), and fire[j] where
+    ch[j] is at or past a threshold; branch-free, its own compilation unit, so it vectorises (as _accumulate_row)."""
+    for j in range(ch.shape[0]):
+        c = min(max(np.int64(ch[j]) + shift_round(m * np.int64(x_q[j]), 15), np.int64(-2147483648)),
+                np.int64(2147483647))
+        ch[j] = np.int32(c)
+        fire[j] = (c <= -eps_down) | (c >= eps_up)
 
 
 @njit(cache=True)
