@@ -660,8 +660,9 @@ def mp_update_dense(state, params, table_up, table_down, c2c_std, chi, gradient,
 def apply_counts(state, params, table_up, table_down, c2c_std, counts, rng, normal_table, device_pulses, counters):
     """Apply a signed pulse-count matrix (counts[i, j] > 0: that many up pulses on device (i, j), < 0: down pulses),
     device by device in row-major order, as the test board's UPDATE and APPLY_PULSES commands do. Counts training
-    pulses and one update call; returns the pulses applied. The fire-and-count block is mp_update's, repeated for the
-    reason given in mp_update_dense (a shared helper made those loops 10x slower)."""
+    pulses and one update call; returns the pulses applied. The fire-and-count block repeats _fire_row's on purpose:
+    a shared per-cell helper made such loops 10x slower when it was measured (3.7 ms instead of 0.3 ms per
+    256 x 785 step)."""
     rows, cols = state.shape
     counters[C_UPDATES] += 1
     total = 0
