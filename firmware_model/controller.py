@@ -139,16 +139,12 @@ def mvm(state, ref_state, use_ref, vec, transpose, dac_bits, inp_bound, adc_bits
 
 
 @njit(cache=True)
-def _noise_factor(vec, n_in, inp_bound, noise_management):
-    """nm of mvm: max|vec| / inp_bound under abs-max (0.0 for an all-zero input: no pass), else 1."""
-    if noise_management == NM_ABS_MAX:
-        vmax = 0.0
-        for k in range(n_in):
-            vmax = max(vmax, abs(vec[k]))
-        if vmax == 0.0:
-            return 0.0
-        return vmax / inp_bound
-    return 1.0
+def _abs_max(vec, n_in):
+    """max|vec| (abs-max noise management's measure; 0.0 for an all-zero input, which makes no pass)."""
+    vmax = 0.0
+    for k in range(n_in):
+        vmax = max(vmax, abs(vec[k]))
+    return vmax
 
 
 @njit(cache=True)
@@ -172,10 +168,13 @@ def _mvm(state, ref_state, use_ref, vec, transpose, dac_bits, inp_bound, adc_bit
     dac_max = (1 << (dac_bits - 1)) - 1
     adc_max = (1 << (adc_bits - 1)) - 1
     out_step = out_bound / adc_max
-    nm = _noise_factor(vec, n_in, inp_bound, noise_management)
-    if nm == 0.0:
-        codes[:] = 0
-        return 0.0
+    nm = 1.0
+    if noise_management == NM_ABS_MAX:
+        vmax = _abs_max(vec, n_in)
+        if vmax == 0.0:
+            codes[:] = 0
+            return 0.0
+        nm = vmax / inp_bound
     u = np.empty(n_in)
     y = np.empty(n_out)
     f = 1.0
@@ -223,10 +222,13 @@ def mvm_batch_inputs(vecs, dac_bits, inp_bound, noise_management, f, us):
     dac_max = (1 << (dac_bits - 1)) - 1
     dense = 0
     for b in range(batch):
-        nm = _noise_factor(vecs[b], n_in, inp_bound, noise_management)
-        if nm == 0.0:
-            us[b, :] = 0.0
-            continue
+        nm = 1.0
+        if noise_management == NM_ABS_MAX:
+            vmax = _abs_max(vecs[b], n_in)
+            if vmax == 0.0:
+                us[b, :] = 0.0
+                continue
+            nm = vmax / inp_bound
         _dac(vecs[b], n_in, dac_max, inp_bound, nm, f, us[b])
         if _single_input(us[b]) < 0:
             dense += 1
