@@ -34,10 +34,10 @@ import sys
 def _threads_argument(argv) -> str:
     """--threads N (default 1), read before numpy and numba are imported: they size their pools at import."""
     for k, arg in enumerate(argv):
-        if arg == "--threads" and k + 1 < len(argv):
-            return argv[k + 1]
-        if arg.startswith("--threads="):
-            return arg.split("=", 1)[1]
+        value = argv[k + 1] if arg == "--threads" and k + 1 < len(argv) else (
+            arg.split("=", 1)[1] if arg.startswith("--threads=") else None)
+        if value is not None:
+            return value if value.isdigit() and int(value) > 0 else "1"  # argparse refuses it in one line
     return "1"
 
 
