@@ -175,10 +175,15 @@ def _check_settings(settings: dict, fields: set, spec: SweepSpec, source, where:
             raise InputError(source, f"not a {spec.kind} config field", field=f"{where}.{name}")
 
 
-def _matches(value, wanted) -> bool:
-    """An axis value against a [[match]] entry: equal to it or to one of a list; card entries may be glob patterns."""
+def _matches(value, wanted, card: bool = False) -> bool:
+    """An axis value against a [[match]] entry (a value or a list): equal to one, or for the card axis a glob pattern
+    over it or a bundled card's short name ('ID170ZR5000-200us' for the card id 'ID170ZR5000-200us-20241024T135335'
+    that a pattern in the axis expanded to)."""
     for one in (wanted if isinstance(wanted, list) else [wanted]):
-        if str(value) == str(one) or (isinstance(one, str) and fnmatch.fnmatchcase(str(value), one)):
+        if str(value) == str(one):
+            return True
+        if card and isinstance(one, str) and (fnmatch.fnmatchcase(str(value), one)
+                                              or str(value).startswith(one + "-")):
             return True
     return False
 
@@ -208,22 +213,21 @@ def plan(spec: SweepSpec, source: str | Path = "spec") -> list[PlannedRun]:
         if missing:
             raise InputError(source, f"label axis value '{missing[0]}' has no [when.{axis}.{missing[0]}] table",
                              field=f"axes.{axis}")
-    for n, rule in enumerate(spec.match):
-        for axis, wanted in rule.where.items():
-            if axis not in spec.axes:
-                raise InputError(source, f"'{axis}' is not an axis", field=f"match[{n}].where.{axis}")
-            values = {str(v) for v in spec.axes[axis]}
-            for value in (wanted if isinstance(wanted, list) else [wanted]):
-                if str(value) not in values and not (axis == "card" and any(ch in str(value) for ch in "*?[")):
-                    raise InputError(source, f"'{value}' is not a value of axis {axis}",
-                                     field=f"match[{n}].where.{axis}")
-        _check_settings(rule.set, fields, spec, source, f"match[{n}].set")
     axes = {name: list(values) for name, values in spec.axes.items()}
     for name, values in axes.items():
         if not values:
             raise InputError(source, "an axis needs at least one value", field=f"axes.{name}")
     if "card" in axes:
         axes["card"] = _expand_cards(axes["card"], source)
+    for n, rule in enumerate(spec.match):
+        for axis, wanted in rule.where.items():
+            if axis not in spec.axes:
+                raise InputError(source, f"'{axis}' is not an axis", field=f"match[{n}].where.{axis}")
+            for value in (wanted if isinstance(wanted, list) else [wanted]):
+                if not any(_matches(v, value, axis == "card") for v in axes[axis]):
+                    raise InputError(source, f"'{value}' is not a value of axis {axis}",
+                                     field=f"match[{n}].where.{axis}")
+        _check_settings(rule.set, fields, spec, source, f"match[{n}].set")
     runs, seen = [], set()
     names = list(axes)
     for combo in itertools.product(*(axes[n] for n in names)):
@@ -232,7 +236,7 @@ def plan(spec: SweepSpec, source: str | Path = "spec") -> list[PlannedRun]:
         for axis, cases in spec.when.items():
             settings = merge_settings(settings, cases.get(str(chosen[axis]), {}))
         for rule in spec.match:
-            if all(_matches(chosen[axis], wanted) for axis, wanted in rule.where.items()):
+            if all(_matches(chosen[axis], wanted, axis == "card") for axis, wanted in rule.where.items()):
                 settings = merge_settings(settings, rule.set)
         settings.update({name: value for name, value in chosen.items() if name not in labels})
         try:

@@ -99,6 +99,23 @@ def test_label_axis_match_tables_and_a_digital_run_without_card(tmp_path, mnist_
     assert "method" not in runs[0].config
 
 
+def test_match_on_a_card_axis_given_as_a_pattern(tmp_path):
+    """A [[match]] names a card by its short name, or a pattern, even where the axis expanded a pattern to card ids;
+    one that matches no card of the axis is refused."""
+    match = [{"where": {"card": "ID170ZR5000-200us"}, "set": {"transfer": {"fast_lr": 100.0}}},
+             {"where": {"card": "*-2ms-*"}, "set": {"transfer": {"transfer_lr": 0.01}}}]
+    spec = SweepSpec(axes={"card": ["ID170ZR5000-2*"], "algorithm": ["c-ttv2"]}, match=match,
+                     fixed={"data_dir": str(tmp_path), "transfer": {"fast_lr": 50.0, "transfer_lr": 0.3}})
+    got = {r.axes["card"].split("-")[1]: (r.config["transfer"]["fast_lr"], r.config["transfer"]["transfer_lr"])
+           for r in plan(spec)}
+    assert got == {"200ns": (50.0, 0.3), "200us": (100.0, 0.3), "20ns": (50.0, 0.3), "20us": (50.0, 0.3),
+                   "2ms": (50.0, 0.01), "2us": (50.0, 0.3)}
+    spec = SweepSpec(axes={"card": ["ID170ZR5000-2*"]}, fixed={"data_dir": str(tmp_path)},
+                     match=[{"where": {"card": "ID161ZR15000"}, "set": {"lr": 0.1}}])
+    with pytest.raises(InputError, match=r"field 'match\[0\].where.card': 'ID161ZR15000' is not a value of axis card"):
+        plan(spec)
+
+
 def test_shipped_memory_light_spec_reuses_the_paper_runs():
     runs = plan(load_spec("memory-light"))
     paper = {r.key for r in plan(load_spec("paper"))}
