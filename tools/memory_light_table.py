@@ -5,11 +5,14 @@ SRAM, pulses and energy, on a quick configuration (not the paper's grid: that is
     python tools/memory_light_table.py [--cards ID170ZR5000-20ns ID170ZR5000-200us] [--network 784-64-10]
         [--samples 6000] [--epochs 3] [--seeds 0 1] [--jobs 2] [--out DIR] [--print]
     python tools/memory_light_table.py --paper [--out out/memory-light-paper]     # the paper's network, 48k, 25 epochs
+    python tools/memory_light_table.py --sweep DIR     # tabulate `edgelearn sweep run memory-light --out DIR`
 
-Every run: batch 64, lr 0.5 (sgd and sp-shift 0.1, as the paper sweep), the transfer settings of
+Every run: batch 64, lr 0.5 (sgd and sp-shift 0.1, as the paper sweep), the transfer settings of the small grid in
+docs/algorithms.md (METHODS, PER_CARD), with --paper a tenth of their transfer_lr, as
 traces/sweeps/memory-light.toml; test accuracy on the 10,000 MNIST test images (out of sample), mean and range over
-the seeds. Rewrites the block between the memory-light (or, with --paper, memory-light-paper) markers of
-docs/algorithms.md. With --out every run writes its directory there, and a finished run (summary.json) is reused.
+the seeds. Rewrites the block between the memory-light (with --paper memory-light-paper, with --sweep
+memory-light-sweep) markers of docs/algorithms.md. With --out every run writes its directory there, and a finished
+run (summary.json) is reused.
 """
 
 from __future__ import annotations
