@@ -182,7 +182,7 @@ class Tile:
             variation = card.variation if isinstance(card, DeviceCard) else DeviceVariation.none()
         self.card_id = card.card_id if isinstance(card, DeviceCard) else "model"
         self.model, self.variation = model, variation
-        self._granularity = None
+        self._granularity = model.granularity  # fixed for the tile's life, asked for on every mixed-precision update
         self.rows, self.cols, self.seed = rows, cols, seed
         self.c2c_std = model.dw_min_std if c2c_std is None else float(c2c_std)
         self.periphery = periphery or PeripheryConfig()
@@ -388,10 +388,7 @@ class Tile:
 
     @property
     def granularity(self) -> float:
-        """Mean of the up and down step at w = 0 of the nominal device (the card's epsilon). Computed once: the
-        model is fixed for the tile's life, and mixed precision asks for it on every update."""
-        if self._granularity is None:
-            self._granularity = self.model.granularity
+        """Mean of the up and down step at w = 0 of the nominal device (the card's epsilon)."""
         return self._granularity
 
     # -- calibration -----------------------------------------------------------------------------------------------

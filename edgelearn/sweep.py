@@ -162,11 +162,16 @@ def run_key(kind: str, config: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def label_axes(spec: SweepSpec) -> list[str]:
+    """The axes that are not config fields, in the spec's order: their values are [when.AXIS.VALUE] tables."""
+    fields = set(_config_class(spec.kind).model_fields)
+    return [name for name in spec.axes if name not in fields]
+
+
 def series_axis(spec: SweepSpec) -> str:
     """What the report's plots colour runs by: the first label axis (e.g. method = mp / mp-int8 / ttv2), else the
     algorithm."""
-    fields = set(_config_class(spec.kind).model_fields)
-    return next((name for name in spec.axes if name not in fields), "algorithm")
+    return next(iter(label_axes(spec)), "algorithm")
 
 
 def _check_settings(settings: dict, fields: set, spec: SweepSpec, source, where: str) -> None:
@@ -192,7 +197,7 @@ def plan(spec: SweepSpec, source: str | Path = "spec") -> list[PlannedRun]:
     """Every run of the sweep, in axis order, each validated; one-line errors naming the spec and field."""
     cls = _config_class(spec.kind)
     fields = set(cls.model_fields)
-    labels = {name for name in spec.axes if name not in fields}  # label axes: their values are [when] tables
+    labels = set(label_axes(spec))
     for name in list(spec.axes) + list(spec.fixed):
         if name not in fields and not (name in labels and name in spec.when):
             hint = f"; a label axis needs [when.{name}.VALUE] tables" if name in spec.axes else ""

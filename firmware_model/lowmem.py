@@ -41,8 +41,9 @@ def mp_update_dense_q(state, params, table_up, table_down, c2c_std, chi, gradien
     granularity / 2^F. chi_ij += stochastic_round(scale * gradient_ij) (scale = -lr 2^F / granularity), saturating
     at [chi_min, chi_max]; then n = trunc(chi / eps) (eps = eps_up_q when chi > 0, else eps_down_q), capped at
     max_pulses (> 0), chi -= n eps and |n| pulses, up for n > 0. Returns the pulses applied. One draw and one
-    accumulator update per cell. The fire-and-count block repeats controller._fire_row's, for the reason given in
-    controller.apply_counts (a shared per-cell helper made these loops 10x slower)."""
+    accumulator update per cell. The fire-and-count block repeats controller._fire_row's rather than calling it: here
+    a cell's rounding draw and its pulses' draws interleave on the one stream, so the two-pass row of
+    controller.mp_update_dense would change the random stream (which the C port reproduces)."""
     rows, cols = state.shape
     counters[C_UPDATES] += 1
     eps_up = np.int64(eps_up_q)
