@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
+from numba import njit
 from pydantic import BaseModel, ConfigDict, Field
 
 from firmware_model import controller as ctl
@@ -130,12 +131,24 @@ def _device_params(model: PiecewiseStepModel, variation: DeviceVariation, rows: 
     return params
 
 
+@njit(cache=True)
+def _count_nonfinite(flat):
+    """How many entries of a contiguous float64 vector are NaN or inf (exponent bits all ones): an integer count that
+    vectorises and allocates nothing (np.isfinite(m).all() allocates a mask: 22 us for a 64 x 785 batch against
+    about 8 us, on every MVM and update call of a training step)."""
+    bits = flat.view(np.int64)
+    n = 0
+    for k in range(bits.shape[0]):
+        n += ((bits[k] >> 52) & 0x7FF) == 0x7FF
+    return n
+
+
 def _vector(values, length: int, name: str) -> np.ndarray:
     """A contiguous float64 vector of the right length with finite values, or a one-line error."""
     v = np.ascontiguousarray(values, np.float64)
     if v.shape != (length,):
         raise EdgelearnError(f"{name} must have shape ({length},), got {v.shape}")
-    if not np.isfinite(v).all():
+    if _count_nonfinite(v):
         raise EdgelearnError(f"{name} has non-finite values (NaN or inf) at positions "
                              f"{np.nonzero(~np.isfinite(v))[0][:5].tolist()}")
     return v
@@ -243,7 +256,7 @@ class Tile:
         m = np.ascontiguousarray(values, np.float64)
         if m.ndim != 2 or m.shape[1] != width:
             raise EdgelearnError(f"{name} must have shape (batch, {width}), got {m.shape}")
-        if not np.isfinite(m).all():
+        if _count_nonfinite(m.reshape(-1)):
             raise EdgelearnError(f"{name} has non-finite values (NaN or inf)")
         return m
 

@@ -97,6 +97,14 @@ def rng_normal(state, normal_table):
     return normal_table[np.int64(rng_next(state) >> np.uint64(64 - NORMAL_TABLE_BITS))]
 
 
+@njit(cache=True, inline="always")
+def normal_of(x, normal_table):
+    """rng_normal's value for the advanced state value x (x = xorshift_advance(state[0])): hot loops keep the state
+    in a local and store it back once, so a draw's chain is the xorshift alone, not a store and load of state[0]
+    (the same stream as rng_normal)."""
+    return normal_table[np.int64((x * _M64) >> np.uint64(64 - NORMAL_TABLE_BITS))]
+
+
 def seed_state(seed: int) -> np.ndarray:
     """A fresh generator state from an integer seed (splitmix64 of the seed; never zero)."""
     z = (int(seed) + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
