@@ -21,7 +21,7 @@ from numba import njit
 
 from .crossbar import (P_INV_SPAN, P_SCALE_DOWN, P_SCALE_UP, P_W_MAX, P_W_MIN, POLARITY_DOWN, POLARITY_UP,
                        pulse_device, step_state)
-from .fixed import (div_trunc, lowest_set_bit, normal_of, popcount32, rng_normal, rng_u32, shift_round,
+from .fixed import (div_trunc, lowest_set_bit, normal_of, popcount32, rng_u32, shift_round,
                     xorshift_advance)
 
 # counter indices
