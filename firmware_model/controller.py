@@ -278,10 +278,7 @@ def _beyond(values, reach):
     near = np.empty(values.shape[0], np.int64)
     n = 0
     for b in range(values.shape[0]):
-        top = 0.0
-        for k in range(values.shape[1]):
-            top = max(top, abs(values[b, k]))
-        if top > reach:
+        if _abs_max(values[b], values.shape[1]) > reach:
             near[n] = b
             n += 1
     return near[:n]
@@ -376,22 +373,44 @@ def _coincidence_pulses(state, params, table_up, table_down, c2c_std, x, d, x_bi
     Written for the branch predictor: per row and block of 64 columns, a bit mask marks the devices with at least one
     coincidence and the loop walks its set bits (cttz), instead of testing every device (a mispredicted branch for
     about a third of them). Measured 10-15 % faster than the per-device test; see docs/architecture.md.
+    When fewer than a quarter of the columns' trains fired at all (a sparse input such as an MNIST image, whose
+    zero pixels never fire), each active row sets the bits of those columns only, from their list, instead of testing
+    every column: 1.6x faster on MNIST's first layer, the same devices in the same order.
     """
     rows, cols = state.shape
     total = 0
     n_down = 0
     x_rng = rng[0]  # rng_normal's stream with its state in a register (fixed.normal_of), stored back at the end
+    n_blocks = (cols + 63) // 64
+    fired = np.empty(cols, np.int64)  # the columns whose train fired in some slot, ascending (branch-free)
+    m = 0
+    for j in range(cols):
+        fired[m] = j
+        m += x_bits[j] != 0
+    sparse = 4 * m < cols
+    masks = np.empty(n_blocks, np.uint64)
     for i in range(rows):
         word = d_bits[i]
         if word == 0:
             continue
         d_pos = d[i] > 0.0
-        for base in range(0, cols, 64):
-            end = min(base + 64, cols)
-            mask = np.uint64(0)
-            for j in range(base, end):
+        if sparse:
+            masks[:] = 0
+            for k in range(m):
+                j = fired[k]
                 hit = np.uint64(1) if (word & x_bits[j]) != 0 else np.uint64(0)
-                mask |= hit << np.uint64(j - base)
+                masks[j >> 6] |= hit << np.uint64(j & 63)
+        else:
+            for block in range(n_blocks):
+                base = block * 64
+                mask = np.uint64(0)
+                for j in range(base, min(base + 64, cols)):
+                    hit = np.uint64(1) if (word & x_bits[j]) != 0 else np.uint64(0)
+                    mask |= hit << np.uint64(j - base)
+                masks[block] = mask
+        for block in range(n_blocks):
+            base = block * 64
+            mask = masks[block]
             while mask != 0:
                 j = base + lowest_set_bit(mask)
                 mask &= mask - np.uint64(1)

@@ -68,10 +68,11 @@ for line in sys.stdin:
 
 
 def run(old: str, new: str, algorithm: str, rounds: int, batches: int, mnist: str) -> dict:
-    workers = []
     for tree in (old, new):
         if not (Path(tree) / "edgelearn" / "__init__.py").is_file():
             raise SystemExit(f"ab_epoch: {tree}: not a checkout of edgelearn (no edgelearn/__init__.py)")
+    workers = []
+    for tree in (old, new):
         workers.append(subprocess.Popen([sys.executable, "-c", WORKER, str(Path(tree).resolve()), algorithm, mnist,
                                          str(batches)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                         cwd=os.path.abspath(os.sep)))
