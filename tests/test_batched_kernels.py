@@ -137,3 +137,31 @@ def test_two_pass_mp_update_dense_equals_one_pass(cap):
         np.testing.assert_array_equal(got_rng, want_rng)
         np.testing.assert_array_equal(device_pulses[0], want_pulses)
     assert counters[ctl.C_PULSES_UP] + counters[ctl.C_PULSES_DOWN] == want_pulses.sum() > 0
+
+
+def test_abs_max_beyond_and_host_checks_match_numpy():
+    """The eight-lane abs-max (any length, a remainder past the lanes, all zeros), the rows beyond a reach, the
+    tiles' finite check (NaN, infinities, the largest finite, subnormals, -0.0) and the batch decode, against numpy."""
+    from edgelearn.board import _any_nonfinite, _decode
+
+    rng = np.random.default_rng(1800)
+    for n in (0, 1, 7, 8, 9, 64, 785):
+        v = rng.normal(0.0, 1.0, n) * 10.0 ** rng.uniform(-300, 300, n)
+        assert ctl._abs_max(v, n) == (np.abs(v).max() if n else 0.0)
+        assert ctl._abs_max(np.zeros(n), n) == 0.0
+    values = rng.normal(0.0, 3.0, (50, 37))
+    for reach in (0.0, 3.0, 8.0, 1e9):
+        np.testing.assert_array_equal(ctl._beyond(values, reach), np.flatnonzero(np.abs(values).max(axis=1) > reach))
+    base = rng.normal(0.0, 1.0, 300)
+    for special in (np.nan, np.inf, -np.inf, np.finfo(float).max, -np.finfo(float).max, 5e-324, -0.0):
+        for where in (0, 137, 299):
+            v = base.copy()
+            v[where] = special
+            assert _any_nonfinite(v) == (not np.isfinite(v).all())
+    assert not _any_nonfinite(np.zeros(0))
+    codes = rng.integers(-255, 256, (9, 40)).astype(np.int32)
+    scales = rng.uniform(0.0, 2.0, 9)
+    scales[3] = 0.0
+    out = np.empty(codes.shape)
+    _decode(codes, scales, out)
+    np.testing.assert_array_equal(out, codes * scales[:, None])

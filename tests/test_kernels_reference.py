@@ -751,6 +751,40 @@ def test_stochastic_update_matches_reference(seed, update_management, c2c_std):
     assert_both_directions_pulsed(totals, device_pulses, pulses_before)
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_stochastic_update_over_several_mask_blocks_matches_reference(sparse):
+    """Tiles wider than one 64-column mask block, with dense inputs and with sparse ones (under a quarter of the
+    columns nonzero, so under a quarter of the trains can fire: the kernel then sets each active row's coincidence
+    bits from the list of fired columns), including nonzero columns at the blocks' edges."""
+    rng = np.random.default_rng([710, int(sparse)])
+    rows, cols = 12, 150
+    state, params, table_up, table_down = random_tile(rng, rows, cols)
+    ref = RefTile(state, params, table_up, table_down, 0.2)
+    gen = fixed.seed_state(11)
+    ref_gen = RefRng(gen)
+    device_pulses = random_device_pulses(rng, rows, cols)
+    pulses_before = device_pulses.copy()
+    counters = np.zeros(ctl.N_COUNTERS, np.int64)
+    ref_pulses, ref_counters = device_pulses.astype(np.int64), counters.copy()
+    totals = []
+    for t in range(6):
+        x = rng.uniform(-1.0, 1.0, cols)
+        if sparse:
+            keep = np.zeros(cols, bool)
+            keep[[0, 63, 64, 127, 128, 149]] = True  # the blocks' first and last columns
+            keep[rng.choice(cols, 20, replace=False)] = True
+            x[~keep] = 0.0
+            assert 4 * np.count_nonzero(x) < cols
+        d = rng.uniform(-0.3, 0.3, rows)
+        got = ctl.stochastic_update(state, params, table_up, table_down, 0.2, x, d, 0.5, 0.003, 31 if t % 2 else 3,
+                                    True, gen, NORMAL_TABLE, device_pulses, counters)
+        want = ref_stochastic_update(ref, x.tolist(), d.tolist(), 0.5, 0.003, 31 if t % 2 else 3, True, ref_gen,
+                                     ref_pulses, ref_counters)
+        assert_same_tile(got, want, gen, ref_gen, state, ref, device_pulses, ref_pulses, counters, ref_counters)
+        totals.append(got)
+    assert_both_directions_pulsed(totals, device_pulses, pulses_before)
+
+
 def test_stochastic_update_early_return():
     rng = np.random.default_rng(800)
     rows, cols = 4, 6
