@@ -137,10 +137,6 @@ def numpy_update_block(n_updates: int, lr: float):
     return block
 
 
-def time_numpy_update(n_updates: int, lr: float, repeats: int = 5) -> tuple[float, float]:
-    return _blocks(numpy_update_block(n_updates, lr), repeats)
-
-
 def _sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
 
