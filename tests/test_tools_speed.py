@@ -1,5 +1,6 @@
 """The speed tools' own logic: paired blocks in bench_tile.py, the product floor of blas_floor.py, ab_epoch.py's
-refusal of a directory that is not a checkout. (Their timings are benchmarks, not tests.)"""
+refusal of a directory that is not a checkout, two_cores.py's throughput and its refusals. (Their timings are
+benchmarks, not tests.)"""
 
 import importlib.util
 import os
@@ -64,3 +65,21 @@ def test_ab_epoch_refuses_a_directory_that_is_not_a_checkout(tmp_path):
     tool = load_tool("ab_epoch")
     with pytest.raises(SystemExit, match=f"ab_epoch: {tmp_path}: not a checkout of edgelearn"):
         tool.run(str(tmp_path), str(TOOLS.parent), "mp", 4, 1, str(tmp_path))
+
+
+def test_two_cores_throughput_is_two_copies_over_the_slower_one():
+    tool = load_tool("two_cores")
+    assert tool.two_core_throughput(1.0, [1.0, 1.0]) == 2.0
+    assert tool.two_core_throughput(3.0, [4.0, 3.5]) == pytest.approx(1.5)  # the slower copy sets the pace
+    with pytest.raises(ValueError, match="two positive times together"):
+        tool.two_core_throughput(1.0, [1.0])
+
+
+def test_two_cores_refuses_bad_rounds_and_a_missing_dataset(tmp_path, capsys):
+    tool = load_tool("two_cores")
+    with pytest.raises(SystemExit):
+        tool.main(["--rounds", "0", "--workloads", "alu"])
+    assert "--rounds must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.main(["--workloads", "epoch", "--mnist", str(tmp_path / "absent")])
+    assert f"--mnist {tmp_path / 'absent'}: no such directory" in capsys.readouterr().err

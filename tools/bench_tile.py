@@ -57,6 +57,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # measure this checkout, not an installed copy
 from edgelearn.board import Tile  # noqa: E402
 from edgelearn.devices import DeviceVariation, PiecewiseStepModel, load_card  # noqa: E402
 

@@ -36,6 +36,7 @@ from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # profile this checkout, not an installed copy of edgelearn
 CATEGORIES = ("forward MVM", "backward MVM", "host BLAS for chi", "update kernels", "algorithm (host)",
               "validation and test", "Python and numpy host work")
 
