@@ -9,9 +9,13 @@ Per-device pulse counts: device_pulses[set, row, col, direction] (int32), set 0 
 devices, direction 0 = up (negative pulse), 1 = down (positive pulse). The host folds them into int64 totals before
 they could overflow.
 
-Performance notes (measured, see tools/bench_tile.py): each hot loop has a single inlined pulse_device call site and
-indexes arrays with loop variables only; a second call site or an index loaded from an array made the update 3-4x
-slower.
+Performance notes (measured, see tools/bench_tile.py): each hot loop has a single inlined pulse_device / step_state
+call site and indexes arrays with loop variables only; a second call site or an index loaded from an array made the
+update 3-4x slower. The cause, read in the generated assembly: numba inlines those functions (inline="always") at its
+own IR level, which binds their array arguments (the step tables) to new names with a reference count; LLVM's
+reference-count pruning removes the NRT_incref / NRT_decref pairs in the one-site loop, but not in the other shapes,
+so every pulse made two or four calls into the runtime (a peeled first pulse: 2.7x slower; plain @njit helpers are
+not inlined by LLVM here and cost a call per pulse as well).
 """
 
 import math
