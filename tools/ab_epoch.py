@@ -96,7 +96,8 @@ def run(old: str, new: str, algorithm: str, rounds: int, batches: int, mnist: st
             ratios = [a / b for a, b in zip(times["old"], times["new"])]
             q1, _, q3 = statistics.quantiles(ratios, n=4)
             phases[what] = {"old_median_s": statistics.median(times["old"]),
-                            "new_median_s": statistics.median(times["new"]), "speedup_median": statistics.median(ratios),
+                            "new_median_s": statistics.median(times["new"]),
+                            "speedup_median": statistics.median(ratios),
                             "speedup_q25": q1, "speedup_q75": q3, "rounds": rounds}
     finally:
         for worker in workers:

@@ -100,7 +100,8 @@ def main(argv=None) -> int:
     print(f"epoch floor (48,000 + 12,000 images): mp {e['mp']:.2f} s, sgd and sp-shift {e['sgd']:.2f} s")
     print(f"paper sweep floor (15 runs x 25 epochs, two workers): {result['paper_sweep_floor_s']:.0f} s")
     print(f"training samples/s if nothing but these products took time: mp "
-          f"{result['mp_training_samples_per_s_ceiling']:,.0f}, sgd {result['sgd_training_samples_per_s_ceiling']:,.0f}")
+          f"{result['mp_training_samples_per_s_ceiling']:,.0f}, "
+          f"sgd {result['sgd_training_samples_per_s_ceiling']:,.0f}")
     return 0
 
 

@@ -84,7 +84,8 @@ def _run(workload: str, copies: int, mnist: str) -> list[float]:
     for p in procs:
         out, err = p.communicate()
         if p.returncode != 0:
-            raise RuntimeError(f"{workload} worker failed: {err.strip().splitlines()[-1] if err.strip() else p.returncode}")
+            last = err.strip().splitlines()[-1] if err.strip() else f"exit status {p.returncode}"
+            raise RuntimeError(f"{workload} worker failed: {last}")
         times.append(float(out.split()[-1]))
     return times
 
