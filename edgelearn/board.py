@@ -27,7 +27,8 @@ _FOLD_LIMIT = 2**31 - 1  # per-device int32 pulse counts are folded into int64 t
 class PeripheryConfig(BaseModel):
     """DAC / ADC and management settings (defaults: aihwkit IOParameters)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # frozen: a tile keeps the kernel arguments it derived from these (saves about 1 us on every MVM call)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
     dac_bits: int = Field(7, ge=2, le=16, description="signed input DAC resolution, bits")
     inp_bound: float = Field(1.0, gt=0, description="input range of the DAC (normalised units)")
     adc_bits: int = Field(9, ge=2, le=16, description="signed output ADC resolution, bits")
@@ -154,6 +155,41 @@ def _decode(codes, scales, out):
             out[b, k] = np.float64(codes[b, k]) * s
 
 
+@njit(cache=True)
+def _mvm_out(state, ref_state, use_ref, vec, transpose, dac_bits, inp_bound, adc_bits, out_bound, out_noise,
+             noise_management, bound_management, max_bm_rounds, rng, normal_table, codes, counters, out) -> bool:
+    """controller.mvm and its digital outputs out = codes * scale in one call from Python, after the finite check of
+    vec; False (nothing run, nothing drawn, nothing counted) when vec holds a NaN or an inf. A batch-1 step makes
+    eight such calls, and each call from Python costs more than a small tile's MVM (numba's dispatch of the
+    arguments, the check's own call, numpy's int32 * float temporary)."""
+    if _any_nonfinite(vec):
+        return False
+    scale = ctl.mvm(state, ref_state, use_ref, vec, transpose, dac_bits, inp_bound, adc_bits, out_bound, out_noise,
+                    noise_management, bound_management, max_bm_rounds, rng, normal_table, codes, counters)
+    for k in range(codes.shape[0]):
+        out[k] = np.float64(codes[k]) * scale
+    return True
+
+
+@njit(cache=True)
+def _sgd_checked(state, params, table_up, table_down, c2c_std, x, d, lr, dw_min, bl_max, update_management, rng,
+                 normal_table, device_pulses, counters) -> int:
+    """controller.stochastic_update after the finite checks of x and d in the same call; -1 (nothing run) when
+    either holds a NaN or an inf."""
+    if _any_nonfinite(x) or _any_nonfinite(d):
+        return -1
+    return ctl.stochastic_update(state, params, table_up, table_down, c2c_std, x, d, lr, dw_min, bl_max,
+                                 update_management, rng, normal_table, device_pulses, counters)
+
+
+def _contiguous(values, length: int, name: str) -> np.ndarray:
+    """A contiguous float64 vector of the right length (its values not checked), or a one-line error."""
+    v = np.ascontiguousarray(values, np.float64)
+    if v.shape != (length,):
+        raise EdgelearnError(f"{name} must have shape ({length},), got {v.shape}")
+    return v
+
+
 def _vector(values, length: int, name: str) -> np.ndarray:
     """A contiguous float64 vector of the right length with finite values, or a one-line error."""
     v = np.ascontiguousarray(values, np.float64)
@@ -209,7 +245,7 @@ class Tile:
         self._granularity = model.granularity  # fixed for the tile's life, asked for on every mixed-precision update
         self.rows, self.cols, self.seed = rows, cols, seed
         self.c2c_std = model.dw_min_std if c2c_std is None else float(c2c_std)
-        self.periphery = periphery or PeripheryConfig()
+        self.periphery = periphery or PeripheryConfig()  # a property: the kernel arguments come with it
         self.dw_min = self.pulse_config.dw_min or model.dw_min_aihwkit
         host_rng = np.random.default_rng(seed)
         self.table_up = np.asarray(model.piecewise_up, np.float64)
@@ -244,11 +280,30 @@ class Tile:
         np.clip(target, self.params[..., crossbar.P_W_MIN], self.params[..., crossbar.P_W_MAX], out=self.state)
 
     # -- periphery ---------------------------------------------------------------------------------------------------
+    @property
+    def periphery(self) -> PeripheryConfig:
+        """The DAC / ADC settings (frozen); assigning new ones takes effect from the next MVM."""
+        return self._periphery
+
+    @periphery.setter
+    def periphery(self, value: PeripheryConfig) -> None:
+        self._periphery = value
+        self._periphery_args = value.kernel_args()
+
     def _mvm(self, vec, transpose, codes):
         vec = _vector(vec, self.rows if transpose else self.cols, "backward input" if transpose else "forward input")
-        scale = ctl.mvm(self.state, self.ref_state, self.references, vec, transpose, *self.periphery.kernel_args(),
+        scale = ctl.mvm(self.state, self.ref_state, self.references, vec, transpose, *self._periphery_args,
                         self.rng, self.normal_table, codes, self.counters)
         return codes, scale
+
+    def _mvm_digital(self, vec, transpose, codes) -> np.ndarray:
+        name = "backward input" if transpose else "forward input"
+        vec = _contiguous(vec, self.rows if transpose else self.cols, name)
+        out = np.empty(codes.shape[0])
+        if not _mvm_out(self.state, self.ref_state, self.references, vec, transpose, *self._periphery_args, self.rng,
+                        self.normal_table, codes, self.counters, out):
+            _vector(vec, vec.shape[0], name)  # raises the one-line error naming the positions
+        return out
 
     def forward_codes(self, x) -> tuple[np.ndarray, float]:
         """Forward MVM: (ADC codes, scale); the digital output is codes * scale."""
@@ -256,12 +311,10 @@ class Tile:
         return codes.copy(), scale
 
     def forward(self, x) -> np.ndarray:
-        codes, scale = self._mvm(x, False, self._fwd_codes)
-        return codes * scale
+        return self._mvm_digital(x, False, self._fwd_codes)
 
     def backward(self, d) -> np.ndarray:
-        codes, scale = self._mvm(d, True, self._bwd_codes)
-        return codes * scale
+        return self._mvm_digital(d, True, self._bwd_codes)
 
     def _matrix(self, values, width: int, name: str) -> np.ndarray:
         m = np.ascontiguousarray(values, np.float64)
@@ -276,7 +329,7 @@ class Tile:
                             "forward batch")
         codes = np.empty((vecs.shape[0], self.cols if transpose else self.rows), np.int32)
         scales = np.empty(vecs.shape[0])
-        ctl.mvm_batch_gemm(self.state, self.ref_state, self.references, vecs, transpose, *self.periphery.kernel_args(),
+        ctl.mvm_batch_gemm(self.state, self.ref_state, self.references, vecs, transpose, *self._periphery_args,
                            self.rng, self.normal_table, codes, scales, self.counters)
         out = np.empty(codes.shape)
         _decode(codes, scales, out)
@@ -293,11 +346,13 @@ class Tile:
     # -- updates -------------------------------------------------------------------------------------------------
     def update_sgd(self, x, d, lr: float) -> int:
         """Pulsed rank-1 update W <- W - lr d x^T with stochastic trains; returns the pulses applied."""
-        x, d = _vector(x, self.cols, "x"), _vector(d, self.rows, "d")
+        x, d = _contiguous(x, self.cols, "x"), _contiguous(d, self.rows, "d")
         pc = self.pulse_config
-        n = ctl.stochastic_update(self.state, self.params, self.table_up, self.table_down, self.c2c_std, x, d,
-                                  float(lr), self.dw_min, pc.bl_max, pc.update_management, self.rng,
-                                  self.normal_table, self.device_pulses, self.counters)
+        n = _sgd_checked(self.state, self.params, self.table_up, self.table_down, self.c2c_std, x, d, float(lr),
+                         self.dw_min, pc.bl_max, pc.update_management, self.rng, self.normal_table,
+                         self.device_pulses, self.counters)
+        if n < 0:
+            _vector(x, self.cols, "x"), _vector(d, self.rows, "d")  # raises the one-line error
         self._account(n)
         return int(n)
 

@@ -3,10 +3,12 @@ exact counters on known schedules, device-to-device draws, symmetry-point calibr
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from edgelearn.board import InProcessBoard, PeripheryConfig, PulseConfig, Tile
 from edgelearn.devices import DeviceVariation, PiecewiseStepModel, load_card
 from edgelearn.errors import EdgelearnError
+from firmware_model import controller as ctl
 
 NO_VARIATION = DeviceVariation(dw_min_dtod=0.0, up_down_dtod=0.0, w_min_dtod=0.0, w_max_dtod=0.0)
 
@@ -187,6 +189,50 @@ def test_non_finite_inputs_are_refused():
     with pytest.raises(EdgelearnError, match=r"x must have shape \(3,\)"):
         tile.update_mp(np.ones(2), np.ones(2), 0.1)
     assert tile.counter_report().counts["updates"] == 0
+
+
+def test_mvm_refuses_non_finite_inputs_before_drawing_or_counting():
+    tile = Tile(constant_step(0.01), 2, 3, seed=0)
+    rng = tile.rng.copy()
+    with pytest.raises(EdgelearnError, match=r"forward input has non-finite values \(NaN or inf\) at positions \[2\]"):
+        tile.forward(np.array([0.1, 0.2, np.inf]))
+    with pytest.raises(EdgelearnError, match=r"backward input has non-finite values \(NaN or inf\) at positions \[0\]"):
+        tile.backward(np.array([np.nan, 0.0]))
+    with pytest.raises(EdgelearnError, match=r"forward input must have shape \(3,\), got \(2,\)"):
+        tile.forward(np.ones(2))
+    with pytest.raises(EdgelearnError, match=r"x has non-finite values \(NaN or inf\) at positions \[0\]"):
+        tile.update_sgd(np.array([-np.inf, 0.0, 0.0]), np.ones(2), 0.1)
+    np.testing.assert_array_equal(tile.rng, rng)
+    assert not any(tile.counter_report().counts.values())
+
+
+def test_digital_outputs_are_the_codes_times_their_scale():
+    card = load_card("ID170ZR5000-20ns")
+    x = np.random.default_rng(3).uniform(-1.0, 1.0, 40)
+    d = np.random.default_rng(4).normal(0.0, 1.0, 16)
+    a, b = Tile(card, 16, 40, seed=5), Tile(card, 16, 40, seed=5)
+    init = np.random.default_rng(6).uniform(-0.5, 0.5, (16, 40))
+    a.set_weights(init), b.set_weights(init)
+    for _ in range(3):
+        codes, scale = b.forward_codes(x)
+        np.testing.assert_array_equal(a.forward(x), codes * scale)  # bit for bit, the same stream
+        scale_b = ctl.mvm(b.state, b.ref_state, b.references, d, True, *b.periphery.kernel_args(), b.rng,
+                          b.normal_table, b._bwd_codes, b.counters)
+        np.testing.assert_array_equal(a.backward(d), b._bwd_codes * scale_b)
+    np.testing.assert_array_equal(a.rng, b.rng)
+    np.testing.assert_array_equal(a.counters, b.counters)
+
+
+def test_periphery_is_frozen_and_a_new_one_takes_effect():
+    tile = Tile(constant_step(0.01), 4, 64, seed=0, periphery=PeripheryConfig(out_noise=0.0))
+    with pytest.raises(ValidationError, match="frozen"):
+        tile.periphery.out_bound = 100.0
+    tile.set_weights(np.full((4, 64), 0.9))
+    tile.forward(np.ones(64))
+    assert tile.counter_report().counts["bound_management_repeats"] == 3
+    tile.periphery = PeripheryConfig(out_noise=0.0, out_bound=100.0)
+    tile.forward(np.ones(64))
+    assert tile.counter_report().counts["bound_management_repeats"] == 3  # 57.6 < 100: no repeat
 
 
 def test_per_device_counts_fold_into_int64_totals():
