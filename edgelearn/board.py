@@ -182,6 +182,18 @@ def _sgd_checked(state, params, table_up, table_down, c2c_std, x, d, lr, dw_min,
                                  update_management, rng, normal_table, device_pulses, counters)
 
 
+@njit(cache=True)
+def _mp_checked(state, params, table_up, table_down, c2c_std, chi, x, d, lr, chi_frac_bits, x_q, row_mult, eps_up_q,
+                eps_down_q, max_pulses, rng, normal_table, device_pulses, counters) -> int:
+    """controller.chi_increments and controller.mp_update after the finite checks of x and d in the same call; -1
+    (nothing run) when either holds a NaN or an inf."""
+    if _any_nonfinite(x) or _any_nonfinite(d):
+        return -1
+    ctl.chi_increments(x, d, lr, chi_frac_bits, x_q, row_mult)
+    return ctl.mp_update(state, params, table_up, table_down, c2c_std, chi, x_q, row_mult, eps_up_q, eps_down_q,
+                         max_pulses, rng, normal_table, device_pulses, counters)
+
+
 def _contiguous(values, length: int, name: str) -> np.ndarray:
     """A contiguous float64 vector of the right length (its values not checked), or a one-line error."""
     v = np.ascontiguousarray(values, np.float64)
@@ -359,15 +371,17 @@ class Tile:
     def update_mp(self, x, d, lr: float, epsilon: float | None = None, epsilon_down: float | None = None) -> int:
         """Mixed-precision step: chi += -lr d x^T (int32, Q with chi_frac_bits), pulses where |chi| >= epsilon.
         epsilon defaults to the card's granularity; epsilon_down (if given) is the threshold for down pulses."""
-        x, d = _vector(x, self.cols, "x"), _vector(d, self.rows, "d")
+        x, d = _contiguous(x, self.cols, "x"), _contiguous(d, self.rows, "d")
         pc = self.pulse_config
         if pc.chi_width < 32:  # the narrow accumulator has one kernel: a batch of one
+            x, d = _vector(x, self.cols, "x"), _vector(d, self.rows, "d")
             return self.update_mp_batch(x[None, :], d[None, :], lr, epsilon, epsilon_down)
         eps_up_q, eps_down_q = self._epsilon_codes(epsilon, epsilon_down)
-        ctl.chi_increments(x, d, float(lr), pc.chi_frac_bits, self._x_q, self._row_mult)
-        n = ctl.mp_update(self.state, self.params, self.table_up, self.table_down, self.c2c_std, self.chi,
-                          self._x_q, self._row_mult, eps_up_q, eps_down_q, pc.max_pulses_per_update, self.rng,
-                          self.normal_table, self.device_pulses, self.counters)
+        n = _mp_checked(self.state, self.params, self.table_up, self.table_down, self.c2c_std, self.chi, x, d,
+                        float(lr), pc.chi_frac_bits, self._x_q, self._row_mult, eps_up_q, eps_down_q,
+                        pc.max_pulses_per_update, self.rng, self.normal_table, self.device_pulses, self.counters)
+        if n < 0:
+            _vector(x, self.cols, "x"), _vector(d, self.rows, "d")  # raises the one-line error
         self._account(n)
         return int(n)
 

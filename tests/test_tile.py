@@ -202,6 +202,12 @@ def test_mvm_refuses_non_finite_inputs_before_drawing_or_counting():
         tile.forward(np.ones(2))
     with pytest.raises(EdgelearnError, match=r"x has non-finite values \(NaN or inf\) at positions \[0\]"):
         tile.update_sgd(np.array([-np.inf, 0.0, 0.0]), np.ones(2), 0.1)
+    with pytest.raises(EdgelearnError, match=r"d has non-finite values \(NaN or inf\) at positions \[1\]"):
+        tile.update_mp(np.ones(3), np.array([0.0, np.nan]), 0.1)
+    narrow = Tile(constant_step(0.01), 2, 3, seed=0, pulses=PulseConfig(chi_bits=8))
+    with pytest.raises(EdgelearnError, match=r"x has non-finite values \(NaN or inf\) at positions \[2\]"):
+        narrow.update_mp(np.array([0.0, 1.0, np.nan]), np.ones(2), 0.1)
+    assert not any(narrow.counter_report().counts.values())
     np.testing.assert_array_equal(tile.rng, rng)
     assert not any(tile.counter_report().counts.values())
 
@@ -221,6 +227,22 @@ def test_digital_outputs_are_the_codes_times_their_scale():
         np.testing.assert_array_equal(a.backward(d), b._bwd_codes * scale_b)
     np.testing.assert_array_equal(a.rng, b.rng)
     np.testing.assert_array_equal(a.counters, b.counters)
+
+
+def test_batch1_mixed_precision_is_the_controllers_two_calls():
+    card = load_card("ID170ZR5000-20ns")
+    a, b = Tile(card, 16, 40, seed=5), Tile(card, 16, 40, seed=5)
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        x, d = rng.uniform(0.0, 1.0, 40), rng.normal(0.0, 0.5, 16)
+        n = a.update_mp(x, d, 0.5)
+        eps_up_q, eps_down_q = b._epsilon_codes(None, None)
+        ctl.chi_increments(x, d, 0.5, b.pulse_config.chi_frac_bits, b._x_q, b._row_mult)
+        assert n == ctl.mp_update(b.state, b.params, b.table_up, b.table_down, b.c2c_std, b.chi, b._x_q, b._row_mult,
+                                  eps_up_q, eps_down_q, 0, b.rng, b.normal_table, b.device_pulses, b.counters)
+    assert a.counter_report().counts["pulses_up"] + a.counter_report().counts["pulses_down"] > 0
+    for name in ("state", "chi", "rng", "counters", "device_pulses"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
 
 
 def test_periphery_is_frozen_and_a_new_one_takes_effect():
