@@ -159,9 +159,10 @@ def _decode(codes, scales, out):
 def _mvm_out(state, ref_state, use_ref, vec, transpose, dac_bits, inp_bound, adc_bits, out_bound, out_noise,
              noise_management, bound_management, max_bm_rounds, rng, normal_table, codes, counters, out) -> bool:
     """controller.mvm and its digital outputs out = codes * scale in one call from Python, after the finite check of
-    vec; False (nothing run, nothing drawn, nothing counted) when vec holds a NaN or an inf. A batch-1 step makes
-    eight such calls, and each call from Python costs more than a small tile's MVM (numba's dispatch of the
-    arguments, the check's own call, numpy's int32 * float temporary)."""
+    vec; False (nothing run, nothing drawn, nothing counted) when vec holds a NaN or an inf. A batch-1 step of a
+    three-layer network makes five of these calls and three updates, and on the small layers each call from Python
+    cost more than the MVM itself (numba's dispatch of the arguments, the check's own call, numpy's int32 * float
+    temporary: docs/performance.md, "Fourth round")."""
     if _any_nonfinite(vec):
         return False
     scale = ctl.mvm(state, ref_state, use_ref, vec, transpose, dac_bits, inp_bound, adc_bits, out_bound, out_noise,
