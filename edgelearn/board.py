@@ -205,9 +205,7 @@ def _contiguous(values, length: int, name: str) -> np.ndarray:
 
 def _vector(values, length: int, name: str) -> np.ndarray:
     """A contiguous float64 vector of the right length with finite values, or a one-line error."""
-    v = np.ascontiguousarray(values, np.float64)
-    if v.shape != (length,):
-        raise EdgelearnError(f"{name} must have shape ({length},), got {v.shape}")
+    v = _contiguous(values, length, name)
     if _any_nonfinite(v):
         raise EdgelearnError(f"{name} has non-finite values (NaN or inf) at positions "
                              f"{np.nonzero(~np.isfinite(v))[0][:5].tolist()}")

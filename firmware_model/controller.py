@@ -652,14 +652,12 @@ def program_to(state, params, table_up, table_down, c2c_std, device_set, target,
 def mvm_batch(state, ref_state, use_ref, vecs, transpose, dac_bits, inp_bound, adc_bits, out_bound, out_noise,
               noise_management, bound_management, max_bm_rounds, rng, normal_table, codes, scales, counters):
     """mvm for each row of `vecs` (a mini-batch), sample by sample with per-sample noise and bound management:
-    codes[b] and scales[b] are what mvm returns for vecs[b]. The work buffers are allocated once for the batch."""
-    sums, given = np.empty((0, 0)), np.empty(0, np.bool_)
-    u = np.empty(state.shape[0] if transpose else state.shape[1])
-    y = np.empty(state.shape[1] if transpose else state.shape[0])
-    for b in range(vecs.shape[0]):
-        scales[b] = _mvm(state, ref_state, use_ref, vecs[b], transpose, dac_bits, inp_bound, adc_bits, out_bound,
-                         out_noise, noise_management, bound_management, max_bm_rounds, rng, normal_table, codes[b],
-                         counters, sums, given, u, y)
+    codes[b] and scales[b] are what mvm returns for vecs[b]: mvm_batch_outputs with no sums given, so every pass
+    is summed here and the work buffers are allocated once for the batch."""
+    batch = vecs.shape[0]
+    mvm_batch_outputs(state, ref_state, use_ref, vecs, transpose, dac_bits, inp_bound, adc_bits, out_bound, out_noise,
+                      noise_management, bound_management, max_bm_rounds, rng, normal_table,
+                      np.empty((batch, 0, codes.shape[1])), np.empty((batch, 0), np.bool_), codes, scales, counters)
 
 
 @njit(cache=True)
