@@ -173,3 +173,56 @@ def test_deterministic_sgd_learns_and_counts(small_mnist):
     assert result.test_accuracy > 0.25
     assert c["digital_macs"] == 4 * 400 * (32 * 785 + 10 * 33)  # the batch sums: one product per device and sample
     assert c["updates"] == 4 * (400 // 8) * 2  # one update per batch, per layer (one tile each), per epoch
+
+
+_THREADS_CHILD = r"""
+import ctypes, glob, hashlib, json, os, sys
+import numpy as np
+from edgelearn.datasets import MNIST, Split
+from edgelearn.train import TrainConfig, train
+
+def blas_threads():  # numpy's bundled OpenBLAS, if it is the one numpy uses here
+    libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    for path in glob.glob(os.path.join(libs, "*openblas*.so*")):
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads"):
+            if hasattr(lib, name):
+                return int(getattr(lib, name)())
+    return None
+
+rng = np.random.default_rng(7)
+def split(n):
+    return Split(rng.integers(0, 256, (n, 784)) / 255.0, rng.integers(0, 10, n))
+data = MNIST(split(640), split(256), split(256), "synthetic")
+hashes = {}
+for algorithm, lr in (("mp", 0.5), ("sgd", 0.1)):
+    config = TrainConfig(card="ID170ZR5000-20ns", algorithm=algorithm, network="paper", epochs=1, batch_size=64,
+                         lr=lr, seed=3, data_dir="unused")
+    summary = json.loads(train(config, progress=False, data=data).to_json())
+    summary.pop("wall_s")
+    for epoch in summary["epochs"]:
+        epoch.pop("wall_s")
+    hashes[algorithm] = hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()
+print(json.dumps({"blas_threads": blas_threads(), "hashes": hashes}))
+"""
+
+
+def test_training_results_do_not_depend_on_the_thread_count(tmp_path):
+    """The same run on one and on two BLAS / numba threads gives the same summary, bit for bit (wall times aside):
+    what OpenBLAS's threads split is whole blocks of a product, never one sum, and everything else is sequential."""
+    import os
+    import subprocess
+    import sys
+
+    results = {}
+    for threads in ("1", "2"):
+        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = threads
+        done = subprocess.run([sys.executable, "-c", _THREADS_CHILD], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results[threads] = json.loads(done.stdout.strip().splitlines()[-1])
+    for threads, result in results.items():  # the setting took effect where numpy's OpenBLAS can be asked
+        assert result["blas_threads"] in (None, int(threads))
+    assert results["1"]["hashes"] == results["2"]["hashes"]
