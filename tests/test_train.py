@@ -2,6 +2,9 @@
 counters, metrics files, checkpoints and resume, and the CLI."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -210,10 +213,6 @@ print(json.dumps({"blas_threads": blas_threads(), "hashes": hashes}))
 def test_training_results_do_not_depend_on_the_thread_count(tmp_path):
     """The same run on one and on two BLAS / numba threads gives the same summary, bit for bit (wall times aside):
     what OpenBLAS's threads split is whole blocks of a product, never one sum, and everything else is sequential."""
-    import os
-    import subprocess
-    import sys
-
     results = {}
     for threads in ("1", "2"):
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
